@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a side-by-side table with ratios measured in the same run."""

@@ -1,0 +1,71 @@
+"""Criss-cross attention (CCNet, ICCV 2019): each pixel attends to its column and its row.
+
+``criss_cross_attention`` is the parameter-free op; ``CrissCrossAttention`` is the module with
+query/key/value projections and a learnable residual scale. The parameter names
+(``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) are those of the official CCNet code
+and of mmcv/mmsegmentation, so their weights load at this level without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model._axial import (
+    attention_block_forward,
+    axial_attention_fast,
+    axial_attention_reference,
+    check_axial_inputs,
+)
+from model.config import resolve_cca_implementation
+
+__all__ = ["CrissCrossAttention", "criss_cross_attention"]
+
+
+def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attend from every pixel to its whole column and row, the pixel itself counted once.
+
+    Args:
+        q: queries (B, Cq, H, W).
+        k: keys (B, Cq, H, W).
+        v: values (B, C, H, W).
+
+    Returns:
+        (B, C, H, W): per pixel, the softmax over the H + W - 1 energies ``q·k`` of its
+        column and row, applied to the matching values. No gamma, no residual. The memory
+        layout of the result depends on the implementation (see ``model.config``).
+    """
+    if not torch.jit.is_tracing():
+        check_axial_inputs(q, k, v, spatial_dims=2, op="criss_cross_attention")
+    if resolve_cca_implementation() == "fast":
+        return axial_attention_fast(q, k, v)
+    return axial_attention_reference(q, k, v)
+
+
+class CrissCrossAttention(nn.Module):
+    """Criss-cross attention block: ``gamma * attention(q(x), k(x), v(x)) + x``.
+
+    ``gamma`` starts at zero so a freshly inserted block is the identity and learns how much
+    context to mix in, as in the paper.
+
+    Args:
+        in_channels: channels of the input; queries and keys use ``in_channels // 8``.
+    """
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        reduced = max(in_channels // 8, 1)
+        self.in_channels = in_channels
+        self.query_conv = nn.Conv2d(in_channels, reduced, kernel_size=1)
+        self.key_conv = nn.Conv2d(in_channels, reduced, kernel_size=1)
+        self.value_conv = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        projections = (self.query_conv, self.key_conv, self.value_conv)
+        return attention_block_forward(x, projections, self.gamma, criss_cross_attention)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}"

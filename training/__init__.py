@@ -1,0 +1,1 @@
+"""Training and evaluation for CCNet: data sets, losses, the training loop, mIoU."""
