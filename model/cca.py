@@ -17,7 +17,7 @@ from model._axial import (
     axial_attention_reference,
     check_axial_inputs,
 )
-from model.config import resolve_cca_implementation
+from model.config import cuda_op, resolve_cca_implementation
 
 __all__ = ["CrissCrossAttention", "criss_cross_attention"]
 
@@ -37,7 +37,10 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     if not torch.jit.is_tracing():
         check_axial_inputs(q, k, v, spatial_dims=2, op="criss_cross_attention")
-    if resolve_cca_implementation() == "fast":
+    implementation = resolve_cca_implementation(q, k, v)
+    if implementation == "cuda":
+        return cuda_op(2)(q, k, v)
+    if implementation == "fast":
         return axial_attention_fast(q, k, v)
     return axial_attention_reference(q, k, v)
 

@@ -15,7 +15,7 @@ from model._axial import (
     axial_attention_reference,
     check_axial_inputs,
 )
-from model.config import resolve_cca_implementation
+from model.config import cuda_op, resolve_cca_implementation
 
 __all__ = ["CrissCrossAttention3d", "criss_cross_attention_3d"]
 
@@ -34,7 +34,10 @@ def criss_cross_attention_3d(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     if not torch.jit.is_tracing():
         check_axial_inputs(q, k, v, spatial_dims=3, op="criss_cross_attention_3d")
-    if resolve_cca_implementation() == "fast":
+    implementation = resolve_cca_implementation(q, k, v)
+    if implementation == "cuda":
+        return cuda_op(3)(q, k, v)
+    if implementation == "fast":
         return axial_attention_fast(q, k, v)
     return axial_attention_reference(q, k, v)
 

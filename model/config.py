@@ -13,32 +13,41 @@ Implementations:
     The same math arranged for speed on CPU: the operands are brought to channels-last memory
     once (a cheap, vectorised conversion), every product is then a strided batched GEMM with no
     hidden copies, and without autograd the per-axis results are accumulated in place.
+``cuda``
+    Native CUDA kernels (the same ones the TensorRT plugin runs), forward only. They live with
+    the plugin sources and are registered at run time by ``export.cuda_ext.enable_cuda_kernels``
+    through ``register_cuda_implementation``, so this package never imports the export code.
 ``auto`` (default)
-    ``fast`` in eager mode, ``reference`` whenever the op is being traced, scripted, exported or
-    compiled, because the fast path's Python-level loops and in-place updates do not belong in a
-    graph.
+    ``cuda`` for CUDA tensors without autograd when kernels are registered, else ``fast`` in
+    eager mode; ``reference`` whenever the op is being traced, scripted, exported or compiled,
+    because the fast path's Python-level loops and in-place updates do not belong in a graph.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 __all__ = [
     "CCA_IMPLEMENTATIONS",
     "CcaImplementation",
     "cca_implementation",
+    "cuda_op",
     "get_cca_implementation",
+    "has_cuda_implementation",
+    "register_cuda_implementation",
     "resolve_cca_implementation",
     "set_cca_implementation",
 ]
 
-CcaImplementation = Literal["auto", "reference", "fast"]
-CCA_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "reference", "fast")
+CcaImplementation = Literal["auto", "reference", "fast", "cuda"]
+CCA_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "reference", "fast", "cuda")
+Op = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def _validated(name: str) -> CcaImplementation:
@@ -85,10 +94,48 @@ def _in_graph_capture() -> bool:
     )
 
 
-def resolve_cca_implementation() -> Literal["reference", "fast"]:
-    """The concrete implementation to run now (``auto`` resolved for the current context)."""
+_cuda_ops: dict[int, Op] = {}
+
+
+def register_cuda_implementation(op2d: Op, op3d: Op) -> None:
+    """Make native CUDA kernels available as the ``cuda`` implementation (2D and 3D ops)."""
+    _cuda_ops[2] = op2d
+    _cuda_ops[3] = op3d
+
+
+def has_cuda_implementation() -> bool:
+    """True once CUDA kernels were registered."""
+    return bool(_cuda_ops)
+
+
+def cuda_op(spatial_dims: int) -> Op:
+    """The registered CUDA op for 2 or 3 spatial dims; RuntimeError if none was registered."""
+    try:
+        return _cuda_ops[spatial_dims]
+    except KeyError:
+        raise RuntimeError(
+            "the 'cuda' criss-cross attention implementation was selected but no CUDA kernels "
+            "are registered: call export.cuda_ext.enable_cuda_kernels() on a machine with CUDA"
+        ) from None
+
+
+def resolve_cca_implementation(
+    *tensors: Tensor,
+) -> Literal["reference", "fast", "cuda"]:
+    """The concrete implementation to run now for ``tensors`` (``auto`` resolved).
+
+    The CUDA kernels compute the forward pass only, so ``auto`` picks them only for CUDA
+    tensors when autograd is not recording them.
+    """
     if _in_graph_capture():
         return "reference"
-    if _implementation == "auto":
-        return "fast"
-    return _implementation
+    if _implementation != "auto":
+        return _implementation
+    if (
+        _cuda_ops
+        and tensors
+        and all(t.is_cuda for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    ):
+        return "cuda"
+    return "fast"

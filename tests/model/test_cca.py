@@ -333,3 +333,32 @@ def test_implementation_switch() -> None:
     with pytest.raises(ValueError, match="unknown criss-cross attention implementation"):
         set_cca_implementation("cudnn")
     assert get_cca_implementation() == before
+
+
+def test_registered_cuda_implementation_is_dispatched_and_explicit_choice_fails_clearly() -> None:
+    """The registration hook: ``cuda`` runs the registered op; without one it says what to do."""
+    from model import config
+
+    calls = []
+
+    def fake(q, k, v):
+        calls.append(q.dim())
+        return v
+
+    saved = dict(config._cuda_ops)
+    try:
+        config._cuda_ops.clear()
+        q, k, v = _qkv((1, 2, 3, 4, 5), torch.float32)
+        with cca_implementation("cuda"), pytest.raises(RuntimeError, match="enable_cuda_kernels"):
+            criss_cross_attention(q, k, v)
+        config.register_cuda_implementation(fake, fake)
+        assert config.has_cuda_implementation()
+        with cca_implementation("cuda"):
+            criss_cross_attention(q, k, v)
+            criss_cross_attention_3d(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2))
+        assert calls == [4, 5]
+        # auto never picks it for CPU tensors
+        assert resolve_cca_implementation(q, k, v) == "fast"
+    finally:
+        config._cuda_ops.clear()
+        config._cuda_ops.update(saved)
