@@ -1,0 +1,151 @@
+"""CCNet and CCNet3D: a dilated backbone, the RCCA head and an auxiliary head, logits at input size.
+
+Return type. In eval mode ``forward`` returns the logits tensor only (what inference and ONNX
+export want). In training mode it returns a dict, as torchvision's segmentation models do:
+``{"out": logits, "aux": auxiliary logits}`` (``"aux"`` only when the model has an auxiliary
+head); both are upsampled to the input size, so one loss function fits both.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.backbones.resnet import ActLayer, DilatedResNet, NormLayer
+from model.cca import CrissCrossAttention
+from model.cca3d import CrissCrossAttention3d
+from model.heads import AttentionLayer, FCNHead, RCCAHead, batch_to_frames, frames_to_batch
+
+if TYPE_CHECKING:
+    from model.zoo import ModelConfig
+
+__all__ = ["CCNet", "CCNet3D"]
+
+_RELU: ActLayer = partial(nn.ReLU, inplace=True)
+
+
+def _resize(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class CCNet(nn.Module):
+    """CCNet for images: ``(B, 3, H, W)`` -> logits ``(B, K, H, W)`` (see the module docstring).
+
+    The RCCA head reads ``layer4``; the auxiliary head, used only for training, reads ``layer3``.
+
+    Args:
+        num_classes: K, the number of output classes.
+        backbone: a ``DilatedResNet`` (or any module returning ``{"layer3", "layer4"}`` features
+            and listing their channels in ``stage_channels``).
+        recurrence: passes of the shared criss-cross attention block.
+        head_channels: channels of the head's bottleneck (the classifier's input).
+        inter_channels: channels of the attention path; default a quarter of layer4's.
+        aux_channels: channels of the auxiliary head's conv; None for no auxiliary head.
+        aux_conv_bias: bias on the auxiliary conv (official CCNet: yes; mmseg: no).
+        norm_layer: normalisation factory for both heads.
+        act_layer: activation factory for both heads.
+        dropout: Dropout2d probability before each classifier.
+
+    Attributes:
+        config: the ``ModelConfig`` it was built from (set by ``build_model``), else None.
+    """
+
+    # Built once per model; CCNet3D swaps in the 3D block, everything else is shared.
+    attention_layer: ClassVar[AttentionLayer] = CrissCrossAttention
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: DilatedResNet,
+        recurrence: int = 2,
+        *,
+        head_channels: int = 512,
+        inter_channels: int | None = None,
+        aux_channels: int | None = 256,
+        aux_conv_bias: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        act_layer: ActLayer = _RELU,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.config: ModelConfig | None = None
+        self.backbone = backbone
+        self.head = RCCAHead(
+            backbone.stage_channels["layer4"],
+            head_channels,
+            num_classes,
+            inter_channels=inter_channels,
+            recurrence=recurrence,
+            attention_layer=self.attention_layer,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            dropout=dropout,
+        )
+        self.aux_head: FCNHead | None = None
+        if aux_channels is not None:
+            self.aux_head = FCNHead(
+                backbone.stage_channels["layer3"],
+                aux_channels,
+                num_classes,
+                conv_bias=aux_conv_bias,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+                dropout=dropout,
+            )
+
+    @property
+    def recurrence(self) -> int:
+        """Attention passes; may be changed after training (e.g. trained with 1, run with 2)."""
+        return self.head.recurrence
+
+    @recurrence.setter
+    def recurrence(self, value: int) -> None:
+        self.head.recurrence = value
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        """(B, 3, H, W) -> logits (B, K, H, W); in training mode ``{"out", "aux"}``."""
+        if x.dim() != 4:
+            raise ValueError(f"CCNet expects (B, 3, H, W), got shape {tuple(x.shape)}")
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        out = _resize(self.head(features["layer4"]), size)
+        if not self.training:
+            return out
+        result = {"out": out}
+        if self.aux_head is not None:
+            result["aux"] = _resize(self.aux_head(features["layer3"]), size)
+        return result
+
+
+class CCNet3D(CCNet):
+    """CCNet for clips: ``(B, 3, T, H, W)`` -> logits ``(B, K, T, H, W)``.
+
+    The 2D backbone runs on every frame (time folded into the batch); the RCCA head's attention
+    runs across time, height and width, its convolutions per frame; the auxiliary head (training
+    only) runs per frame. Any T >= 1 works. Constructor arguments are those of ``CCNet``.
+    """
+
+    attention_layer: ClassVar[AttentionLayer] = CrissCrossAttention3d
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        """(B, 3, T, H, W) -> logits (B, K, T, H, W); in training mode ``{"out", "aux"}``."""
+        if x.dim() != 5:
+            raise ValueError(f"CCNet3D expects (B, 3, T, H, W), got shape {tuple(x.shape)}")
+        batch = x.shape[0]
+        size = x.shape[-2:]
+        features = self.backbone(frames_to_batch(x))  # per frame: (B·T, C, h, w)
+        logits = self.head(batch_to_frames(features["layer4"], batch))  # (B, K, T, h, w)
+        out = batch_to_frames(_resize(frames_to_batch(logits), size), batch)
+        if not self.training:
+            return out
+        result = {"out": out}
+        if self.aux_head is not None:
+            aux = _resize(self.aux_head(features["layer3"]), size)
+            result["aux"] = batch_to_frames(aux, batch)
+        return result

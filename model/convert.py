@@ -1,0 +1,304 @@
+"""Import the peers' CCNet checkpoints: speedinghzl/CCNet ("official") and mmsegmentation.
+
+The peers differ in more than key names (DESIGN §3), so conversion first reads the architecture
+off the tensors (block type and depth from the layer counts, widths, classes, head and auxiliary
+channels), builds the *matching* network (flavour-specific stem, dilation rule, head activation,
+auxiliary conv bias), then maps every tensor by a fixed renaming (``peer_key_map``). It is
+strict: every source tensor must be used and every parameter and buffer filled, with equal
+shapes, or a ValueError names the keys. Dilation, output stride and recurrence leave no trace in
+the weights; both peers use output stride 8 and recurrence 2, which is what we build.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from model.backbones.resnet import DEPTHS
+from model.ccnet import CCNet
+from model.checkpoint import (
+    complete_meta,
+    default_class_names,
+    default_palette,
+    load_plain,
+    save_checkpoint,
+)
+from model.zoo import MMSEG_NORMALIZATION, OFFICIAL_NORMALIZATION, ModelConfig, build_model
+
+__all__ = ["PeerFlavour", "convert_checkpoint", "infer_config", "peer_key_map"]
+
+PeerFlavour = Literal["official", "mmseg"]
+PathLike = str | os.PathLike[str]
+
+# (our prefix, peer prefix), first match wins; applied to every key of our state dict.
+_OFFICIAL_RULES: tuple[tuple[str, str], ...] = (
+    ("backbone.stem.", ""),  # the official stem lives at the top level: conv1, bn1, … bn3
+    ("backbone.", ""),  # layer1..layer4 keep their torchvision names
+    ("head.conva.conv.", "head.conva.0."),
+    ("head.conva.norm.", "head.conva.1."),  # InPlaceABNSync: BN weight/bias/running stats
+    ("head.cca.", "head.cca."),
+    ("head.convb.conv.", "head.convb.0."),
+    ("head.convb.norm.", "head.convb.1."),
+    ("head.bottleneck.conv.", "head.bottleneck.0."),
+    ("head.bottleneck.norm.", "head.bottleneck.1."),
+    ("head.classifier.", "head.bottleneck.3."),  # index 2 is the Dropout2d
+    ("aux_head.conv.conv.", "dsn.0."),
+    ("aux_head.conv.norm.", "dsn.1."),
+    ("aux_head.classifier.", "dsn.3."),  # index 2 is the Dropout2d
+)
+_MMSEG_RULES: tuple[tuple[str, str], ...] = (
+    # ResNetV1c stem: Sequential(conv, bn, relu, conv, bn, relu, conv, bn, relu)
+    ("backbone.stem.conv1.", "backbone.stem.0."),
+    ("backbone.stem.bn1.", "backbone.stem.1."),
+    ("backbone.stem.conv2.", "backbone.stem.3."),
+    ("backbone.stem.bn2.", "backbone.stem.4."),
+    ("backbone.stem.conv3.", "backbone.stem.6."),
+    ("backbone.stem.bn3.", "backbone.stem.7."),
+    ("backbone.", "backbone."),
+    ("head.conva.conv.", "decode_head.convs.0.conv."),
+    ("head.conva.norm.", "decode_head.convs.0.bn."),
+    ("head.cca.gamma", "decode_head.cca.gamma.scale"),  # mmcv's Scale module: a 0-dim tensor
+    ("head.cca.", "decode_head.cca."),
+    ("head.convb.conv.", "decode_head.convs.1.conv."),
+    ("head.convb.norm.", "decode_head.convs.1.bn."),
+    ("head.bottleneck.conv.", "decode_head.conv_cat.conv."),
+    ("head.bottleneck.norm.", "decode_head.conv_cat.bn."),
+    ("head.classifier.", "decode_head.conv_seg."),
+    ("aux_head.conv.conv.", "auxiliary_head.convs.0.conv."),
+    ("aux_head.conv.norm.", "auxiliary_head.convs.0.bn."),
+    ("aux_head.classifier.", "auxiliary_head.conv_seg."),
+)
+_RULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "official": _OFFICIAL_RULES,
+    "mmseg": _MMSEG_RULES,
+}
+
+# Where each flavour keeps the tensors the architecture is read from (and its backbone prefix).
+_PROBES: dict[str, dict[str, str]] = {
+    "official": {
+        "backbone": "",
+        "conva": "head.conva.0.weight",
+        "bottleneck": "head.bottleneck.0.weight",
+        "classifier": "head.bottleneck.3.weight",
+        "aux": "dsn.0.weight",
+    },
+    "mmseg": {
+        "backbone": "backbone.",
+        "conva": "decode_head.convs.0.conv.weight",
+        "bottleneck": "decode_head.conv_cat.conv.weight",
+        "classifier": "decode_head.conv_seg.weight",
+        "aux": "auxiliary_head.convs.0.conv.weight",
+    },
+}
+
+_NORMALIZATION = {"official": OFFICIAL_NORMALIZATION, "mmseg": MMSEG_NORMALIZATION}
+
+
+def _check_flavour(flavour: str) -> None:
+    if flavour not in _RULES:
+        raise ValueError(f"unknown checkpoint flavour {flavour!r}; choose 'official' or 'mmseg'")
+
+
+def _peer_key(key: str, flavour: PeerFlavour) -> str:
+    for ours, theirs in _RULES[flavour]:
+        if key.startswith(ours):
+            return theirs + key[len(ours) :]
+    raise ValueError(f"no {flavour} name for parameter {key!r}")
+
+
+def peer_key_map(config: ModelConfig) -> dict[str, str]:
+    """Our state-dict key -> the peer's key, for every parameter and buffer of ``config``.
+
+    The peer is ``config.flavour``. BN ``num_batches_tracked`` buffers are included although
+    the official checkpoints (InPlaceABN) have none; the converter fills those with 0.
+    """
+    _check_flavour(config.flavour)
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation cost
+        keys = list(build_model(config).state_dict())
+    return {key: _peer_key(key, config.flavour) for key in keys}
+
+
+def _unwrap(obj: object, origin: str) -> dict[str, Tensor]:
+    """The tensor dict inside a checkpoint: unwraps ``{"state_dict": …}`` and ``module.``."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"{origin}: expected a state dict (name -> tensor)")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"{origin}: entries that are not named tensors: {_names(bad)}")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _names(keys: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _require(state: Mapping[str, Tensor], key: str, flavour: str) -> Tensor:
+    if key not in state:
+        raise ValueError(f"not an {flavour} CCNet state dict: key {key!r} is missing")
+    return state[key]
+
+
+def infer_config(state: Mapping[str, Tensor], flavour: PeerFlavour) -> ModelConfig:
+    """Read the architecture of a peer state dict (keys already unwrapped) off its tensors.
+
+    Raises:
+        ValueError: a key needed to infer the architecture is missing, or the layer counts are
+            not those of ResNet-18/34/50/101.
+    """
+    _check_flavour(flavour)
+    probes = _PROBES[flavour]
+    prefix = probes["backbone"]
+    counts = []
+    for stage in range(1, 5):
+        head = f"{prefix}layer{stage}."
+        blocks = {int(k[len(head) :].split(".")[0]) for k in state if k.startswith(head)}
+        if not blocks or blocks != set(range(len(blocks))):
+            raise ValueError(
+                f"not an {flavour} CCNet state dict: blocks of layer{stage} are {sorted(blocks)}"
+            )
+        counts.append(len(blocks))
+    kind = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in state else "basic"
+    depths = [d for d, (k, c) in DEPTHS.items() if k == kind and c == tuple(counts)]
+    if not depths:
+        raise ValueError(f"unsupported ResNet layout: {kind} blocks {tuple(counts)} per stage")
+    depth = depths[0]
+    width = _require(state, f"{prefix}layer1.0.conv1.weight", flavour).shape[0]
+    inter = _require(state, probes["conva"], flavour).shape[0]
+    top_channels = width * 8 * (4 if kind == "bottleneck" else 1)
+    aux = state.get(probes["aux"])
+    return ModelConfig(
+        name=f"ccnet-r{depth}-{flavour}",
+        depth=depth,
+        width=width,
+        flavour=flavour,
+        head_channels=_require(state, probes["bottleneck"], flavour).shape[0],
+        inter_channels=None if inter == top_channels // 4 else inter,
+        aux_channels=None if aux is None else aux.shape[0],
+        num_classes=_require(state, probes["classifier"], flavour).shape[0],
+        normalization=_NORMALIZATION[flavour],
+    )
+
+
+def _map_state(
+    state: Mapping[str, Tensor],
+    key_map: Mapping[str, str],
+    target: Mapping[str, Tensor],
+    origin: str,
+) -> dict[str, Tensor]:
+    """Our state dict from the peer's, strictly: all used, all filled, shapes equal."""
+    mapped: dict[str, Tensor] = {}
+    missing, mismatched, used = [], [], set()
+    for ours, theirs in key_map.items():
+        if theirs not in state:
+            if ours.endswith("num_batches_tracked"):
+                # InPlaceABN (official) keeps no batch counter. It only matters for BN with
+                # momentum=None (cumulative average), which we never use; 0 = a fresh BN.
+                mapped[ours] = torch.zeros((), dtype=torch.long)
+            else:
+                missing.append(theirs)
+            continue
+        tensor = state[theirs]
+        used.add(theirs)
+        if ours.endswith("cca.gamma") and tensor.dim() == 0:
+            tensor = tensor.reshape(1)  # mmcv's Scale stores a 0-dim scalar, ours is (1,)
+        if tensor.shape != target[ours].shape:
+            mismatched.append(
+                f"{theirs} {tuple(tensor.shape)} vs {ours} {tuple(target[ours].shape)}"
+            )
+        mapped[ours] = tensor
+    unexpected = sorted(set(state) - used)
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_names(mismatched)}")
+    if problems:
+        raise ValueError(f"{origin}: cannot convert strictly; " + "; ".join(problems))
+    return mapped
+
+
+def _peer_classes(payload: object, num_classes: int) -> tuple[list[str] | None, list | None]:
+    """Class names and palette an mmseg checkpoint records in its meta (0.x or 1.x layout)."""
+    meta = payload.get("meta") if isinstance(payload, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return None, None
+    source = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else meta
+    classes = source.get("classes", source.get("CLASSES"))
+    palette = source.get("palette", source.get("PALETTE"))
+    if classes is None or len(classes) != num_classes:
+        return None, None
+    if palette is not None and len(palette) == num_classes:
+        palette = [[int(v) for v in colour] for colour in palette]
+    else:
+        palette = None
+    return [str(c) for c in classes], palette
+
+
+def convert_checkpoint(
+    src: PathLike | Mapping[str, Any],
+    flavour: PeerFlavour,
+    dst: PathLike | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+) -> tuple[CCNet, dict[str, Any]]:
+    """Convert a peer checkpoint into our model (and our checkpoint file if ``dst`` is given).
+
+    Args:
+        src: the peer's file (loaded with ``weights_only=True``) or its already loaded content.
+        flavour: ``"official"`` (speedinghzl/CCNet) or ``"mmseg"`` (mmsegmentation).
+        dst: where to write our checkpoint (atomically), or None.
+        classes: class names; default the ones an mmseg checkpoint records, else Cityscapes'
+            19 names for 19 outputs, else ``class_0`` …
+
+    Returns:
+        ``(model, meta)``: the converted model in eval mode and its complete metadata.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist.
+        ValueError: unreadable file, unknown layout, or any key or shape that does not map.
+    """
+    _check_flavour(flavour)
+    if isinstance(src, Mapping):
+        payload: object = src
+        origin = f"{flavour} state dict"
+    else:
+        origin = str(src)
+        payload = load_plain(src)
+    state = _unwrap(payload, origin)
+    config = infer_config(state, flavour)
+    model = build_model(config)
+    target = model.state_dict()
+    key_map = {key: _peer_key(key, flavour) for key in target}  # = peer_key_map(config)
+    mapped = _map_state(state, key_map, target, origin)
+    model.load_state_dict(mapped, strict=True)
+    model.eval()
+
+    peer_classes, peer_palette = _peer_classes(payload, config.num_classes)
+    names = list(classes) if classes is not None else peer_classes
+    names = names or default_class_names(config.num_classes)
+    palette = peer_palette if classes is None and peer_palette else default_palette(names)
+    meta = {
+        "classes": names,
+        "palette": palette,
+        "provenance": {
+            "source": f"{flavour} CCNet checkpoint",
+            "source_file": None if isinstance(src, Mapping) else Path(src).name,
+            "converted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    }
+    meta = save_checkpoint(model, meta, dst) if dst is not None else complete_meta(model, meta)
+    return model, meta
