@@ -42,7 +42,8 @@ def einsum_cca(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Baseline 2D: mmcv-style einsums, concat, one softmax."""
     H = q.shape[2]
     energy_h = torch.einsum("bchw,bciw->bhwi", q, k)
-    diagonal = torch.arange(H).view(1, H, 1, 1) == torch.arange(H).view(1, 1, 1, H)
+    index = torch.arange(H, device=q.device)
+    diagonal = index.view(1, H, 1, 1) == index.view(1, 1, 1, H)
     energy_h = energy_h.masked_fill(diagonal, float("-inf"))
     energy_w = torch.einsum("bchw,bchj->bhwj", q, k)
     attention = torch.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1)
@@ -55,11 +56,11 @@ def einsum_cca_3d(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     T, H = q.shape[2], q.shape[3]
     energy_t = torch.einsum("bcthw,bcshw->bthws", q, k)
     energy_t = energy_t.masked_fill(
-        torch.eye(T, dtype=torch.bool).view(1, T, 1, 1, T), float("-inf")
+        torch.eye(T, dtype=torch.bool, device=q.device).view(1, T, 1, 1, T), float("-inf")
     )
     energy_h = torch.einsum("bcthw,bctiw->bthwi", q, k)
     energy_h = energy_h.masked_fill(
-        torch.eye(H, dtype=torch.bool).view(1, 1, H, 1, H), float("-inf")
+        torch.eye(H, dtype=torch.bool, device=q.device).view(1, 1, H, 1, H), float("-inf")
     )
     energy_w = torch.einsum("bcthw,bcthj->bthwj", q, k)
     attention = torch.softmax(torch.cat([energy_t, energy_h, energy_w], dim=-1), dim=-1)

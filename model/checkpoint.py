@@ -19,12 +19,10 @@ never leaves a half-written checkpoint under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import torch
 from torch import Tensor
 
 from model.ccnet import CCNet, CCNet3D
+from model.files import save_torch_atomic
 from model.zoo import ModelConfig, Normalization, build_model
 
 __all__ = [
@@ -220,19 +219,7 @@ def save_checkpoint(model: CCNet, meta: Mapping[str, Any] | None, path: PathLike
         "state_dict": state,
         "meta": full_meta,
     }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    save_torch_atomic(path, payload)
     return full_meta
 
 

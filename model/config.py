@@ -95,6 +95,7 @@ def _in_graph_capture() -> bool:
 
 
 _cuda_ops: dict[int, Op] = {}
+_CUDA_KERNEL_DTYPES = (torch.float32, torch.float16)  # what the kernels are compiled for
 
 
 def register_cuda_implementation(op2d: Op, op3d: Op) -> None:
@@ -124,8 +125,8 @@ def resolve_cca_implementation(
 ) -> Literal["reference", "fast", "cuda"]:
     """The concrete implementation to run now for ``tensors`` (``auto`` resolved).
 
-    The CUDA kernels compute the forward pass only, so ``auto`` picks them only for CUDA
-    tensors when autograd is not recording them.
+    The CUDA kernels compute the forward pass only, in float32 and float16, so ``auto`` picks
+    them only for such CUDA tensors when autograd is not recording them.
     """
     if _in_graph_capture():
         return "reference"
@@ -134,7 +135,7 @@ def resolve_cca_implementation(
     if (
         _cuda_ops
         and tensors
-        and all(t.is_cuda for t in tensors)
+        and all(t.is_cuda and t.dtype in _CUDA_KERNEL_DTYPES for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     ):
         return "cuda"

@@ -104,8 +104,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from PIL import Image
     from tqdm import tqdm
 
+    from model.files import write_bytes_atomic
     from service.codecs import ImageDecodeError, ImageTooLargeError, blend_overlay, encode_mask_png
-    from service.files import write_bytes_atomic
     from service.pipeline import ImageSegmenter
 
     model, meta = _load_model(args)

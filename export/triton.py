@@ -1,0 +1,268 @@
+"""``ccnet export triton``: a Triton Inference Server model repository for an exported model.
+
+Layout written (``REPO/NAME`` is replaced as a whole, atomically)::
+
+    REPO/README.md               how to start Triton (and load the plugin for engines)
+    REPO/NAME/config.pbtxt       platform, max batch, dynamic batching, inputs/outputs
+    REPO/NAME/1/model.onnx       (or model.plan with --engine)
+    REPO/NAME/1/model.json       the sidecar of that file: classes, palette, input policy,
+                                 parity (for an engine: its profile, plugin and check)
+
+Inputs, outputs, names and element types come from the ONNX graph itself; dims are the graph's
+with the batch axis left out (Triton adds it when ``max_batch_size > 0``) and -1 for every
+dynamic axis. An ONNX model runs in Triton's onnxruntime backend as is: ONNX Runtime inlines the
+criss-cross attention local function, no plugin needed. An engine needs our TensorRT plugin
+library loaded into the server (``--backend-config=tensorrt,plugins=...`` or ``LD_PRELOAD``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export._progress import Progress, silent, to_stderr
+
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "TRITON_DTYPES",
+    "TritonModel",
+    "render_config",
+    "write_triton_repository",
+]
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_QUEUE_DELAY_US = 2000
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "uint8": "TYPE_UINT8",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "bool": "TYPE_BOOL",
+}
+_PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan")}
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """What ``write_triton_repository`` wrote."""
+
+    repository: Path
+    model_dir: Path
+    config_path: Path
+    platform: str
+
+
+def _dims(shape: Sequence[int | str], batched: bool) -> list[int]:
+    dims = [d if isinstance(d, int) else -1 for d in shape]
+    return dims[1:] if batched else dims
+
+
+def _tensor_block(spec: dict[str, Any], batched: bool) -> str:
+    dtype = TRITON_DTYPES.get(spec["dtype"])
+    if dtype is None:
+        raise ValueError(f"tensor {spec['name']!r}: no Triton type for {spec['dtype']}")
+    dims = ", ".join(str(d) for d in _dims(spec["shape"], batched))
+    return f'  {{\n    name: "{spec["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}'
+
+
+def render_config(
+    name: str,
+    platform: str,
+    inputs: Sequence[dict[str, Any]],
+    outputs: Sequence[dict[str, Any]],
+    max_batch: int,
+) -> str:
+    """``config.pbtxt`` text for a model with the given I/O specs (sidecar ``inputs``/``outputs``).
+
+    With ``max_batch > 0`` the leading (batch) axis is Triton's and requests are batched
+    dynamically; Triton only batches requests of equal shape, which is the case for a camera
+    or a resized stream.
+    """
+    batched = max_batch > 0
+    lines = [
+        f'name: "{name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {max_batch}",
+        "input [",
+        ",\n".join(_tensor_block(s, batched) for s in inputs),
+        "]",
+        "output [",
+        ",\n".join(_tensor_block(s, batched) for s in outputs),
+        "]",
+    ]
+    if batched:
+        lines += [
+            "dynamic_batching {",
+            f"  max_queue_delay_microseconds: {DEFAULT_QUEUE_DELAY_US}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _readme(repo: Path) -> str:
+    models = []
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        match = re.search(r'platform:\s*"([^"]+)"', config.read_text(encoding="utf-8"))
+        models.append((config.parent.name, match.group(1) if match else "?"))
+    engines = [name for name, platform in models if platform == "tensorrt_plan"]
+    listing = "\n".join(f"| `{name}` | `{platform}` |" for name, platform in models)
+    text = f"""# Triton model repository (CCNet)
+
+Written by `ccnet export triton`.
+
+| model | platform |
+|---|---|
+{listing}
+
+Each model takes RGB values 0..255 as float32 (`N x 3 x H x W`, clips `N x 3 x T x H x W`;
+normalisation is inside the graph) and returns float32 logits at the input size. Height,
+width (and frames) are dynamic; Triton batches requests of equal shape (dynamic batching).
+`NAME/1/model.json` holds the class names, palette and the export's parity figures.
+
+## ONNX models (`onnxruntime_onnx`)
+
+No plugin is needed: the criss-cross attention node carries an ONNX local function that
+ONNX Runtime inlines.
+
+    tritonserver --model-repository={repo.resolve()}
+"""
+    if engines:
+        text += f"""
+## TensorRT engines (`tensorrt_plan`): {", ".join(f"`{e}`" for e in engines)}
+
+The engine calls our plugin, so the server must load `libccnet_trt_plugin.so` (built with
+`cmake -S export/tensorrt -B build/trt && cmake --build build/trt`, against the TensorRT version
+of the Triton image, on the GPU type that will serve; engines are not portable across them):
+
+    tritonserver --model-repository={repo.resolve()} \\
+        --backend-config=tensorrt,plugins=/path/to/libccnet_trt_plugin.so
+
+or, equivalently, preload it:
+
+    LD_PRELOAD=/path/to/libccnet_trt_plugin.so tritonserver --model-repository={repo.resolve()}
+"""
+    return text
+
+
+def _onnx_source(
+    source: Path, staging: Path, dtype: str, opset: int | None, say: Progress
+) -> tuple[Path, Path]:
+    """(model.onnx, model.json) for ``source``: an exported ONNX, or a checkpoint exported now."""
+    from export.sidecar import read_sidecar, sidecar_path
+
+    if source.suffix == ".onnx":
+        if not source.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {source}")
+        read_sidecar(source)  # validates the pair before anything is copied
+        return source, sidecar_path(source)
+    from export.onnx import DEFAULT_OPSET, export_onnx
+
+    say(f"{source} is not an .onnx file: exporting it as a checkpoint first")
+    result = export_onnx(
+        source, staging / "export", dtype=dtype, opset=opset or DEFAULT_OPSET, progress=say
+    )
+    return result.model_path, result.sidecar_path
+
+
+def _engine_sidecar(engine: Path, onnx_model: Path, max_batch: int) -> dict[str, Any] | None:
+    """The engine's sidecar (None if it has none), checked against the ONNX and the batch."""
+    from export.sidecar import file_sha256, sidecar_path
+
+    if not engine.is_file():
+        raise FileNotFoundError(f"engine not found: {engine}")
+    side = sidecar_path(engine)
+    if not side.is_file():
+        return None
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    built_from = meta.get("onnx", {}).get("sha256")
+    if built_from is not None and built_from != file_sha256(onnx_model):
+        raise ValueError(f"{engine} was built from another ONNX file than {onnx_model}")
+    for shapes in meta.get("profile", {}).values():
+        low, high = shapes["min"][0], shapes["max"][0]
+        if max_batch > 0 and not (low <= 1 and max_batch <= high):
+            raise ValueError(
+                f"{engine}: its profile covers batch {low}..{high}; Triton with max_batch_size "
+                f"{max_batch} sends 1..{max_batch} (build with --min 1x... --max {max_batch}x...)"
+            )
+    return {**meta, "engine_file": _PLATFORMS["plan"][1]}
+
+
+def write_triton_repository(
+    source: str | os.PathLike[str],
+    repository: str | os.PathLike[str],
+    name: str,
+    *,
+    engine: str | os.PathLike[str] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    dtype: str = "fp32",
+    opset: int | None = None,
+    progress: Progress | None = to_stderr,
+) -> TritonModel:
+    """Write (or replace) model ``name`` in the Triton repository ``repository``.
+
+    Args:
+        source: an ONNX file written by ``ccnet export onnx`` (with its sidecar), or a
+            checkpoint, which is exported (and parity-checked) first with ``dtype``/``opset``.
+        repository: the model repository directory (created if needed).
+        name: the model's name in Triton (a directory name).
+        engine: a TensorRT engine built from that ONNX; the model is then ``tensorrt_plan``.
+        max_batch: Triton's ``max_batch_size`` (0 disables batching).
+        dtype: precision when ``source`` is a checkpoint.
+        opset: opset when ``source`` is a checkpoint.
+        progress: receives progress lines (stderr by default).
+
+    Raises:
+        FileNotFoundError: a missing source, sidecar or engine.
+        OSError: the repository cannot be written.
+        ValueError: a bad name or batch size, a corrupt checkpoint or sidecar, an engine that
+            does not belong to the ONNX or whose profile cannot serve ``max_batch``.
+    """
+    from export.sidecar import read_sidecar
+    from model.files import ensure_writable_dir, replace_dir, write_files_atomic
+
+    if not _NAME.match(name):
+        raise ValueError(f"model name {name!r}: use letters, digits, '_', '-', '.'")
+    if max_batch < 0:
+        raise ValueError(f"max batch must be >= 0, got {max_batch}")
+    say = progress or silent
+    repo = ensure_writable_dir(repository)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    try:
+        onnx_model, onnx_sidecar = _onnx_source(Path(source), staging, dtype, opset, say)
+        meta = read_sidecar(onnx_sidecar)
+        engine_meta = None
+        if engine is not None:
+            engine_meta = _engine_sidecar(Path(engine), onnx_model, max_batch)
+        platform, filename = _PLATFORMS["plan" if engine is not None else "onnx"]
+        model_dir = staging / name
+        version = model_dir / "1"
+        version.mkdir(parents=True)
+        shutil.copyfile(engine if engine is not None else onnx_model, version / filename)
+        if engine_meta is not None:
+            text = json.dumps(engine_meta, indent=2) + "\n"
+            (version / "model.json").write_text(text, encoding="utf-8")
+        else:
+            if engine is not None:
+                say(
+                    f"note: {engine} has no sidecar (engine.json): its profile was not checked, "
+                    "model.json describes the ONNX it was built from"
+                )
+            shutil.copyfile(onnx_sidecar, version / "model.json")
+        config = render_config(name, platform, meta["inputs"], meta["outputs"], max_batch)
+        (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
+        replace_dir(model_dir, repo / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_files_atomic({repo / "README.md": _readme(repo).encode("utf-8")})
+    say(f"wrote Triton model {repo / name} ({platform}, max_batch_size {max_batch})")
+    return TritonModel(repo, repo / name, repo / name / "config.pbtxt", platform)
