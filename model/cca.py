@@ -4,9 +4,14 @@
 query/key/value projections and a learnable residual scale. The parameter names
 (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) are those of the official CCNet code
 and of mmcv/mmsegmentation, so their weights load at this level without renaming.
+
+The 3D variant (``model.cca3d``) shares the dispatcher and the block defined here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +27,18 @@ from model.config import cuda_op, resolve_cca_implementation
 __all__ = ["CrissCrossAttention", "criss_cross_attention"]
 
 
+def run_axial_attention(q: Tensor, k: Tensor, v: Tensor, spatial_dims: int, op: str) -> Tensor:
+    """Validate the operands and run the implementation ``model.config`` selects for them."""
+    if not torch.jit.is_tracing():
+        check_axial_inputs(q, k, v, spatial_dims=spatial_dims, op=op)
+    implementation = resolve_cca_implementation(q, k, v)
+    if implementation == "cuda":
+        return cuda_op(spatial_dims)(q, k, v)
+    if implementation == "fast":
+        return axial_attention_fast(q, k, v)
+    return axial_attention_reference(q, k, v)
+
+
 def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attend from every pixel to its whole column and row, the pixel itself counted once.
 
@@ -35,18 +52,11 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         column and row, applied to the matching values. No gamma, no residual. The memory
         layout of the result depends on the implementation (see ``model.config``).
     """
-    if not torch.jit.is_tracing():
-        check_axial_inputs(q, k, v, spatial_dims=2, op="criss_cross_attention")
-    implementation = resolve_cca_implementation(q, k, v)
-    if implementation == "cuda":
-        return cuda_op(2)(q, k, v)
-    if implementation == "fast":
-        return axial_attention_fast(q, k, v)
-    return axial_attention_reference(q, k, v)
+    return run_axial_attention(q, k, v, 2, "criss_cross_attention")
 
 
-class CrissCrossAttention(nn.Module):
-    """Criss-cross attention block: ``gamma * attention(q(x), k(x), v(x)) + x``.
+class AxialAttentionBlock(nn.Module):
+    """``gamma * attention(q(x), k(x), v(x)) + x`` with 1×1 projections; 2D and 3D share it.
 
     ``gamma`` starts at zero so a freshly inserted block is the identity and learns how much
     context to mix in, as in the paper.
@@ -55,20 +65,31 @@ class CrissCrossAttention(nn.Module):
         in_channels: channels of the input; queries and keys use ``in_channels // 8``.
     """
 
+    # set by each dimensionality: the projection conv type and the attention op
+    conv: ClassVar[type[nn.Conv2d] | type[nn.Conv3d]]
+    op: ClassVar[Callable[[Tensor, Tensor, Tensor], Tensor]]
+
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
         reduced = max(in_channels // 8, 1)
         self.in_channels = in_channels
-        self.query_conv = nn.Conv2d(in_channels, reduced, kernel_size=1)
-        self.key_conv = nn.Conv2d(in_channels, reduced, kernel_size=1)
-        self.value_conv = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.query_conv = self.conv(in_channels, reduced, kernel_size=1)
+        self.key_conv = self.conv(in_channels, reduced, kernel_size=1)
+        self.value_conv = self.conv(in_channels, in_channels, kernel_size=1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
         projections = (self.query_conv, self.key_conv, self.value_conv)
-        return attention_block_forward(x, projections, self.gamma, criss_cross_attention)
+        return attention_block_forward(x, projections, self.gamma, self.op)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}"
+
+
+class CrissCrossAttention(AxialAttentionBlock):
+    """Criss-cross attention block for (B, C, H, W) features."""
+
+    conv = nn.Conv2d
+    op = staticmethod(criss_cross_attention)
