@@ -19,7 +19,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from export import cli as export_cli
 from service import cli as service_cli
+from training import cli as training_cli
 
 __all__ = ["main"]
 
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_cmd_models)
 
     service_cli.register(commands)
+    training_cli.register(commands)
+    export_cli.register(commands)
 
     convert = commands.add_parser(
         "convert",

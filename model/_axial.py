@@ -17,6 +17,10 @@ break half precision).
 
 Memory. The joint attention map is ``B × prod(spatial) × sum(spatial)``; no
 ``prod(spatial) × prod(spatial)`` matrix is ever formed.
+
+Autograd. Under autograd the fast path runs a custom ``torch.autograd.Function`` whose backward
+is written out with the same strided batched GEMMs and accumulates each gradient into a single
+buffer; it saves q, k, v and the attention map only.
 """
 
 from __future__ import annotations
@@ -146,101 +150,194 @@ def _channels_last(t: Tensor) -> Tensor:
     return t.movedim(1, -1)
 
 
-def _baddbmm_into(out: Tensor, a: Tensor, b: Tensor, beta: float = 1.0) -> None:
-    """out = beta * out + a @ b in place for batched views (..., L, C); no temporary the size
-    of ``out``.
+def _baddbmm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out += a @ b in place for batched views (..., L, C); no temporary the size of ``out``.
 
     The batch dims are flattened when the strides allow it, else the first is looped over.
-    ``beta=0`` overwrites ``out`` (its contents, even NaN, are ignored), so a buffer from
-    ``torch.empty`` can receive the first of several accumulated products.
     """
     if out.dim() == 3:
-        out.baddbmm_(a, b, beta=beta)
+        out.baddbmm_(a, b)
         return
     try:
         flat = [t.view(-1, *t.shape[-2:]) for t in (out, a, b)]
     except RuntimeError:  # batch dims not flattenable as a view: recurse over the first one
         for i in range(out.shape[0]):
-            _baddbmm_into(out[i], a[i], b[i], beta)
+            _baddbmm_into(out[i], a[i], b[i])
         return
-    flat[0].baddbmm_(flat[1], flat[2], beta=beta)
+    flat[0].baddbmm_(flat[1], flat[2])
 
 
-def _empty_channels_last(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """Uninitialised (B, C, *spatial) tensor with channels-last strides, dtype/device of ``like``.
+# Size of the temporary that holds a per-axis product of the autograd path before it is added
+# into a strided view: a quarter of the product, at least 2**21 elements (8 MiB in float32).
+# Smaller slices lower the peak only marginally (the autograd copy of a channels-first leaf's
+# gradient dominates it) but multiply the number of ops; with 2 threads on a shared CPU every
+# extra parallel region costs far more than its arithmetic (OpenMP threads spin at barriers).
+_TEMP_ELEMENTS = 1 << 21
+_TEMP_FRACTION = 4
 
-    Built with ``empty_strided`` rather than as ``movedim`` of a (B, *spatial, C) tensor, so it
-    is not a view: an autograd Function may return it and callers may then update it in place
-    (autograd forbids in-place changes to views created inside a custom Function).
+
+def _as_3d(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """Batched views (..., M, N) of equal batch shape as 3D views (batch, M, N), no copies.
+
+    The batch dims are flattened where the strides of every tensor allow it, else the first
+    one is iterated. (``matmul`` would copy non-flattenable operands instead, e.g. every
+    axis-moved view of a channels-last tensor when B > 1.)
     """
-    batch, channels, *spatial = shape
-    last_first = (batch, *spatial, channels)
-    strides = [1] * len(last_first)
-    for i in range(len(last_first) - 2, -1, -1):
-        strides[i] = strides[i + 1] * max(last_first[i + 1], 1)
-    # strides of (B, *spatial, C) reordered to (B, C, *spatial)
+    if tensors[0].dim() == 3:
+        return [tensors]
+    try:
+        flat = tuple(t.view(-1, *t.shape[-2:]) for t in tensors)
+    except RuntimeError:
+        return [
+            part for i in range(tensors[0].shape[0]) for part in _as_3d(*(t[i] for t in tensors))
+        ]
+    return [flat]
+
+
+def _bmm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out = a @ b for batched views (..., M, N); straight into ``out`` where it is contiguous.
+
+    One batched GEMM per 3D piece (``bmm`` with a contiguous ``out`` writes it in place; a
+    per-matrix loop like ``baddbmm_`` on a strided view costs a parallel region per matrix,
+    which is slow when the CPU is shared).
+    """
+    for o, x, y in _as_3d(out, a, b):
+        if o.is_contiguous():
+            torch.bmm(x, y, out=o)
+        else:
+            o.copy_(torch.bmm(x, y))
+
+
+def _add_bmm_(out: Tensor, a: Tensor, b: Tensor, budget: int | None = None) -> None:
+    """out += a @ b for batched views (..., M, N) where ``out`` is a strided (axis-moved) view.
+
+    The products are written by batched GEMMs into a contiguous temporary of at most
+    ``budget`` elements (a slice of the outermost batch dim, which is split further when one
+    index of it is larger than that) and added in one pass: a few large ops rather than a GEMM
+    per matrix (``baddbmm_`` on a strided view), which matters when other processes compete
+    for the cores.
+    """
+    if budget is None:
+        budget = max(_TEMP_ELEMENTS, out.numel() // _TEMP_FRACTION)
+    count = out.shape[0]
+    per_index = out[0].numel() if count else 0
+    if out.dim() > 3 and per_index > budget:
+        for i in range(count):
+            _add_bmm_(out[i], a[i], b[i], budget)
+        return
+    step = max(1, budget // max(1, per_index))
+    for start in range(0, count, step):
+        o, x, y = (t[start : start + step] for t in (out, a, b))
+        product = o.new_empty(o.shape)  # contiguous (..., M, N)
+        _bmm_into(product, x, y)
+        o.add_(product)
+        del product
+
+
+def _aggregate_into(out: Tensor, weights: list[Tensor], source: Tensor, transpose: bool) -> None:
+    """out = sum over axes d of the per-axis products of weights[d] with source along axis d.
+
+    out, source: (B, *spatial, N) (out contiguous, source with unit stride along N);
+    weights[d]: (B, *others, L, L') per axis (rows index the query along axis d, columns the
+    key). ``transpose=False``: out[query] = sum_key W[query, key] source[key] (output, dQ);
+    ``transpose=True``: out[key] = sum_query W[query, key] source[query] (dV, dK).
+    The innermost axis is written first (its views are contiguous), the others are added.
+    """
+    n = len(weights)
+    for d in range(n - 1, -1, -1):
+        axis = 1 + d
+        w = weights[d].transpose(-1, -2) if transpose else weights[d]  # (B, *others, L, L')
+        target = out.movedim(axis, -2)  # (B, *others, L, N)
+        values = source.movedim(axis, -2)  # (B, *others, L', N)
+        if d == n - 1:
+            _bmm_into(target, w, values)
+        else:
+            _add_bmm_(target, w, values)
+
+
+def _empty_channels_last(like: Tensor) -> Tensor:
+    """Uninitialised tensor shaped like (B, C, *spatial) ``like`` with channels-last strides.
+
+    Built with ``empty_strided``, not as a ``movedim`` view of a (B, *spatial, C) tensor: an
+    autograd Function may return it and callers may then update it in place (autograd forbids
+    in-place changes to views created inside a custom Function).
+    """
+    batch, channels, *spatial = like.shape
+    order = (batch, *spatial, channels)
+    strides = [1] * len(order)
+    for i in range(len(order) - 2, -1, -1):
+        strides[i] = strides[i + 1] * max(order[i + 1], 1)
+    # strides of (B, *spatial, C) put back in (B, C, *spatial) order
     stride = (strides[0], strides[-1], *strides[1:-1])
-    return torch.empty_strided(shape, stride, dtype=like.dtype, device=like.device)
+    return torch.empty_strided(like.shape, stride, dtype=like.dtype, device=like.device)
+
+
+def _aggregate(weights: list[Tensor], source: Tensor, transpose: bool, like: Tensor) -> Tensor:
+    """``_aggregate_into`` as a new (B, C, *spatial) tensor shaped like ``like``, channels-last.
+
+    The gradient is returned in this layout whatever the layout of ``like``: where they differ,
+    autograd copies it into the leaf's layout after backward returns, when the attention map
+    and its gradient are already freed; converting here would hold both copies alongside them.
+    """
+    out = _empty_channels_last(like)
+    _aggregate_into(out.movedim(1, -1), weights, source, transpose)
+    return out
 
 
 def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager[object]:
     """Autocast off for ``device_type`` (a no-op where autocast is unavailable or off).
 
-    The custom Function picks its own precision (GEMMs in the input dtype, softmax in float32
-    for half precision); autocast would otherwise recast operands behind its back, e.g. turn a
-    float32 attention map into bfloat16 inside an in-place ``baddbmm_`` that then fails on mixed
-    dtypes.
+    The custom Function chooses its own precision (GEMMs in the input dtype, softmax in float32
+    for half precision); autocast would otherwise recast operands behind its back and break
+    the in-place accumulations on mixed dtypes.
     """
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
 
+def _attention_per_axis(attention: Tensor, slices: list[tuple[int, int]]) -> list[Tensor]:
+    """Views of the joint map (B, *spatial, sum L) per axis d as (B, *others, L, L')."""
+    return [attention[..., start:stop].movedim(1 + d, -2) for d, (start, stop) in enumerate(slices)]
+
+
 def _fast_forward_keeping_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """Forward of the fast path for the autograd Function: the output and the attention map.
 
-    Runs without autograd (inside ``Function.forward``), so every axis is accumulated in place
-    into one preallocated channels-last output, as the no-grad branch does. Returns
-    ``(out, attention)``: out (B, C, *spatial) with channels-last strides (not a view),
-    attention (B, *spatial, sum L) contiguous, the only intermediate backward needs.
+    Returns ``(out, attention)``: out (B, C, *spatial) with channels-last strides (not a view),
+    attention (B, *spatial, sum L), the only intermediate backward needs.
     """
     qc, kc = _channels_last(q), _channels_last(k)  # (B, *spatial, Cq)
     attention = _joint_softmax(_energies(qc, kc), v.dtype)  # (B, *spatial, sum L)
-    del qc, kc  # channels-last copies of q, k: backward recomputes them (cheap, Cq is small)
-    vc = _channels_last(v)  # (B, *spatial, C)
-    out = _empty_channels_last(tuple(v.shape), v)  # (B, C, *spatial), channels-last strides
-    out_c = out.movedim(1, -1)  # (B, *spatial, C) view of the same memory
+    del qc, kc  # backward recomputes these copies (cheap, Cq is small) rather than keep them
     slices = _axis_slices(tuple(q.shape[2:]))
-    n = len(slices)
-    # innermost axis first: its batch dims always flatten, one batched GEMM initialises out
-    for d in range(n - 1, -1, -1):
-        axis = 1 + d
-        start, stop = slices[d]
-        _baddbmm_into(
-            out_c.movedim(axis, -2),  # (B, *others, L, C)
-            attention[..., start:stop].movedim(axis, -2),  # (B, *others, L, L')
-            vc.movedim(axis, -2),  # (B, *others, L', C)
-            beta=0.0 if d == n - 1 else 1.0,
-        )
+    out = _empty_channels_last(v)  # (B, C, *spatial), channels-last strides
+    weights = _attention_per_axis(attention, slices)
+    _aggregate_into(out.movedim(1, -1), weights, _channels_last(v), transpose=False)
     return out, attention
 
 
-def _softmax_backward_(attention: Tensor, grad_attention: Tensor) -> Tensor:
-    """Gradient of the energies from that of the joint softmax: ``A * (dA - sum_keys A * dA)``.
+def _softmax_backward_(attention: list[Tensor], grad: list[Tensor]) -> list[Tensor]:
+    """Energy gradients from attention gradients through the joint softmax, per axis.
 
-    Overwrites ``grad_attention`` where its dtype allows (no temporary the size of the map).
+    dE = A * (dA - sum over all keys of A * dA), with the sum taken across the axes. Works on
+    the per-axis (B, *others, L, L') tensors; ``grad`` is overwritten where its dtype allows.
     Masked (self) entries have A = 0 and so get a zero gradient. Half precision is computed in
     float32 like the forward softmax and returned in the attention dtype.
     """
-    if attention.dtype in _LOW_PRECISION:
-        weights = attention.float()
-        grad = grad_attention.float()
-    else:
-        weights, grad = attention, grad_attention
-    grad.mul_(weights)  # A * dA
-    total = grad.sum(dim=-1, keepdim=True)  # (B, *spatial, 1)
-    grad.addcmul_(weights, total, value=-1.0)  # A * dA - A * sum(A * dA)
-    return grad.to(attention.dtype)
+    dtype = grad[0].dtype
+    if dtype in _LOW_PRECISION:
+        attention = [a.float() for a in attention]
+        grad = [g.float() for g in grad]
+    total = None  # (B, *spatial): sum over all keys of A * dA
+    for d, (a, g) in enumerate(zip(attention, grad, strict=True)):
+        g.mul_(a)
+        partial = g.sum(dim=-1).movedim(-1, 1 + d)  # (B, *others, L) -> (B, *spatial)
+        total = partial if total is None else total + partial
+    for d, (a, g) in enumerate(zip(attention, grad, strict=True)):
+        # (B, *spatial) -> (B, *others, L, 1)
+        g.addcmul_(a, total.movedim(1 + d, -1).unsqueeze(-1), value=-1.0)
+    return [g.to(dtype) for g in grad]
 
 
 def _fast_backward(
@@ -251,89 +348,49 @@ def _fast_backward(
     attention: Tensor,
     needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of q, k, v with per-axis strided batched GEMMs accumulated in place.
+    """Gradients of q, k, v (channels-last) from per-axis strided batched GEMMs.
 
-    Order chosen for peak memory: the channels-last copy of v lives only while dA is formed,
-    dA is turned into dE in place, and dV is formed after v's copy is gone. Gradients are
-    returned channels-last (B, C, *spatial); autograd accepts any strides.
+    dA_d = dOut · V along axis d; dE = A * (dA - sum_keys A * dA) across all axes;
+    dV = sum_d A_d^T dOut, dQ = sum_d dE_d K, dK = sum_d dE_d^T Q, each along axis d.
+    The order keeps the peak low: the channels-last copy of v (recomputed: saving it would
+    hold a feature-sized tensor from forward to backward) lives only while dA is formed; dA
+    becomes dE in place; dV comes next; the small copies of q and k are made last. Only the
+    gradients that autograd asks for are computed (dA and dE not at all when only v needs one).
     """
     need_q, need_k, need_v = needs
     slices = _axis_slices(tuple(q.shape[2:]))
+    weights = _attention_per_axis(attention, slices)  # views, (B, *others, L, L') per axis
     grad_c = _channels_last(grad_out)  # (B, *spatial, C); no copy if already channels-last
-    grad_energy = None
+    grad_energy: list[Tensor] = []
     if need_q or need_k:
         vc = _channels_last(v)  # (B, *spatial, C)
-        grad_attention = torch.empty_like(attention, memory_format=torch.contiguous_format)
-        for d, (start, stop) in enumerate(slices):
+        for d, w in enumerate(weights):
             axis = 1 + d
-            _baddbmm_into(
-                grad_attention[..., start:stop].movedim(axis, -2),  # (B, *others, L, L')
-                grad_c.movedim(axis, -2),  # (B, *others, L, C)
-                vc.movedim(axis, -1),  # (B, *others, C, L')
-                beta=0.0,
-            )
-        del vc
-        grad_energy = _softmax_backward_(attention, grad_attention)  # (B, *spatial, sum L)
-        del grad_attention
+            grad_attention = w.new_empty(w.shape)  # (B, *others, L, L'), contiguous
+            # (B, *others, L, C) @ (B, *others, C, L')
+            _bmm_into(grad_attention, grad_c.movedim(axis, -2), vc.movedim(axis, -1))
+            grad_energy.append(grad_attention)
+        del vc, grad_attention
+        grad_energy = _softmax_backward_(weights, grad_energy)
 
-    grad_v = None
-    if need_v:
-        grad_vc = _empty_channels_last(tuple(v.shape), v).movedim(1, -1)  # (B, *spatial, C)
-        _accumulate_transposed(grad_vc, attention, grad_c, slices)
-        grad_v = grad_vc.movedim(-1, 1)
+    grad_v = _aggregate(weights, grad_c, transpose=True, like=v) if need_v else None
     del grad_c
-
     grad_q = grad_k = None
     if need_q:
-        kc = _channels_last(k)  # (B, *spatial, Cq)
-        grad_qc = _empty_channels_last(tuple(q.shape), q).movedim(1, -1)  # (B, *spatial, Cq)
-        n = len(slices)
-        for d in range(n - 1, -1, -1):
-            axis = 1 + d
-            start, stop = slices[d]
-            _baddbmm_into(
-                grad_qc.movedim(axis, -2),  # (B, *others, L, Cq)
-                grad_energy[..., start:stop].movedim(axis, -2),  # (B, *others, L, L')
-                kc.movedim(axis, -2),  # (B, *others, L', Cq)
-                beta=0.0 if d == n - 1 else 1.0,
-            )
-        del kc
-        grad_q = grad_qc.movedim(-1, 1)
+        grad_q = _aggregate(grad_energy, _channels_last(k), transpose=False, like=q)
     if need_k:
-        qc = _channels_last(q)  # (B, *spatial, Cq)
-        grad_kc = _empty_channels_last(tuple(k.shape), k).movedim(1, -1)  # (B, *spatial, Cq)
-        _accumulate_transposed(grad_kc, grad_energy, qc, slices)
-        grad_k = grad_kc.movedim(-1, 1)
+        grad_k = _aggregate(grad_energy, _channels_last(q), transpose=True, like=k)
     return grad_q, grad_k, grad_v
-
-
-def _accumulate_transposed(
-    out: Tensor, weights: Tensor, source: Tensor, slices: list[tuple[int, int]]
-) -> None:
-    """out[key] = sum over axes and over the queries on key's line of weights[query, key] *
-    source[query]: the transposed aggregation shared by dV (A, dOut) and dK (dE, Q).
-
-    out, source: channels-last (B, *spatial, C); weights: (B, *spatial, sum L).
-    """
-    n = len(slices)
-    for d in range(n - 1, -1, -1):
-        axis = 1 + d
-        start, stop = slices[d]
-        _baddbmm_into(
-            out.movedim(axis, -2),  # (B, *others, L', C)
-            weights[..., start:stop].movedim(axis, -2).transpose(-1, -2),  # (B, *others, L', L)
-            source.movedim(axis, -2),  # (B, *others, L, C)
-            beta=0.0 if d == n - 1 else 1.0,
-        )
 
 
 class _FastAxialAttention(torch.autograd.Function):
     """Fast path with a hand-written backward, used when q, k or v require a gradient.
 
-    Autograd of the matmul formulation keeps a channels-last copy of v alive from forward to
-    backward and materialises one output-sized gradient per axis before summing them. Here
-    forward saves only q, k, v (alive anyway) and the attention map, and backward accumulates
-    every gradient in place with strided batched GEMMs. Second derivatives are not supported.
+    Autograd of the matmul formulation keeps a channels-last copy of v from forward to
+    backward, materialises one output-sized gradient per axis plus their sum, and keeps the
+    concatenated and split energy gradients alive together. Here forward saves only q, k, v
+    (alive anyway) and the attention map; backward accumulates each gradient into one buffer.
+    Second derivatives are not supported (``once_differentiable``).
     """
 
     @staticmethod
@@ -349,16 +406,16 @@ class _FastAxialAttention(torch.autograd.Function):
         ctx: FunctionCtx, grad_out: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         q, k, v, attention = ctx.saved_tensors  # type: ignore[attr-defined]
-        needs = tuple(ctx.needs_input_grad[:3])  # type: ignore[attr-defined]
+        need_q, need_k, need_v = ctx.needs_input_grad  # type: ignore[attr-defined]
         with _autocast_disabled(grad_out.device.type):
-            return _fast_backward(grad_out, q, k, v, attention, needs)  # type: ignore[arg-type]
+            return _fast_backward(grad_out, q, k, v, attention, (need_q, need_k, need_v))
 
 
 def _fast_with_grad(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Fast path under autograd; applies autocast's cast itself, then runs the Function.
 
     Under autocast the matmuls of the plain formulation would run in the autocast dtype, so
-    float32 (not float64, which autocast leaves alone) operands are cast to it up front; the
+    float32 operands (not float64, which autocast leaves alone) are cast to it up front; the
     cast is recorded by autograd, which casts the gradients back.
     """
     device_type = q.device.type
@@ -379,10 +436,10 @@ def axial_attention_fast(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     memory-format conversion (much faster than a generic permute copy); every product is then a
     strided batched GEMM on views. The innermost axis' contribution creates the output; the
     other axes are added into it in place with ``baddbmm_`` when no gradient is needed (saving
-    one output-sized temporary per axis). When a gradient is needed the same forward runs inside
-    a custom autograd Function (``_FastAxialAttention``) whose backward is written out the same
+    one output-sized temporary per axis). When a gradient is needed, a custom autograd Function
+    (``_FastAxialAttention``) computes the same products and writes its backward out the same
     way: autograd of the matmuls would keep a channels-last copy of v and per-axis gradient
-    temporaries, using more memory than the einsum formulation. The result is a channels-last
+    temporaries, more memory than the einsum formulation. The result is a channels-last
     (B, C, *spatial) tensor.
     """
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):

@@ -108,18 +108,28 @@ class CCNet(nn.Module):
     def recurrence(self, value: int) -> None:
         self.head.recurrence = value
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        """(B, 3, H, W) -> logits (B, K, H, W); in training mode ``{"out", "aux"}``."""
+    def forward(self, x: Tensor, *, return_context: bool = False) -> Tensor | dict[str, Tensor]:
+        """(B, 3, H, W) -> logits (B, K, H, W); in training mode ``{"out", "aux"}``.
+
+        Args:
+            x: the normalised images.
+            return_context: also return the RCCA output under ``"context"``
+                (B, inter, H/8, W/8), for the category-consistent loss; the result is then a
+                dict in eval mode too.
+        """
         if x.dim() != 4:
             raise ValueError(f"CCNet expects (B, 3, H, W), got shape {tuple(x.shape)}")
         size = x.shape[-2:]
         features = self.backbone(x)
-        out = _resize(self.head(features["layer4"]), size)
-        if not self.training:
+        logits, context = self.head.forward_with_context(features["layer4"])
+        out = _resize(logits, size)
+        if not self.training and not return_context:
             return out
         result = {"out": out}
-        if self.aux_head is not None:
+        if self.training and self.aux_head is not None:
             result["aux"] = _resize(self.aux_head(features["layer3"]), size)
+        if return_context:
+            result["context"] = context
         return result
 
 
@@ -133,19 +143,25 @@ class CCNet3D(CCNet):
 
     attention_layer: ClassVar[AttentionLayer] = CrissCrossAttention3d
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        """(B, 3, T, H, W) -> logits (B, K, T, H, W); in training mode ``{"out", "aux"}``."""
+    def forward(self, x: Tensor, *, return_context: bool = False) -> Tensor | dict[str, Tensor]:
+        """(B, 3, T, H, W) -> logits (B, K, T, H, W); in training mode ``{"out", "aux"}``.
+
+        ``return_context`` adds the RCCA output (B, inter, T, H/8, W/8) as in ``CCNet``.
+        """
         if x.dim() != 5:
             raise ValueError(f"CCNet3D expects (B, 3, T, H, W), got shape {tuple(x.shape)}")
         batch = x.shape[0]
         size = x.shape[-2:]
         features = self.backbone(frames_to_batch(x))  # per frame: (B·T, C, h, w)
-        logits = self.head(batch_to_frames(features["layer4"], batch))  # (B, K, T, h, w)
+        # (B, K, T, h, w) and (B, inter, T, h, w)
+        logits, context = self.head.forward_with_context(batch_to_frames(features["layer4"], batch))
         out = batch_to_frames(_resize(frames_to_batch(logits), size), batch)
-        if not self.training:
+        if not self.training and not return_context:
             return out
         result = {"out": out}
-        if self.aux_head is not None:
+        if self.training and self.aux_head is not None:
             aux = _resize(self.aux_head(features["layer3"]), size)
             result["aux"] = batch_to_frames(aux, batch)
+        if return_context:
+            result["context"] = context
         return result

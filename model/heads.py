@@ -119,13 +119,22 @@ class RCCAHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, K, H, W), or for a clip (B, C, T, H, W) -> (B, K, T, H, W)."""
+        return self.forward_with_context(x)[0]
+
+    def forward_with_context(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and the RCCA output (after the last attention pass, before ``convb``).
+
+        The second tensor, ``(N, inter, H, W)`` or ``(B, inter, T, H, W)``, is what the
+        category-consistent loss (TPAMI) shapes; inference needs only the logits.
+        """
         if x.dim() == 4:
-            return self._classify(x, self._attend(self.conva(x)))
+            context = self._attend(self.conva(x))
+            return self._classify(x, context), context
         batch = x.shape[0]
         x = frames_to_batch(x)
-        context = batch_to_frames(self.conva(x), batch)
-        context = frames_to_batch(self._attend(context))
-        return batch_to_frames(self._classify(x, context), batch)
+        context = self._attend(batch_to_frames(self.conva(x), batch))  # (B, inter, T, h, w)
+        logits = batch_to_frames(self._classify(x, frames_to_batch(context)), batch)
+        return logits, context
 
     def _attend(self, x: Tensor) -> Tensor:
         for _ in range(self.recurrence):

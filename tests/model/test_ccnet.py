@@ -314,3 +314,25 @@ def test_build_model_is_keyword_only_beyond_the_name() -> None:
     with pytest.raises(TypeError):
         build_model("ccnet-tiny", 5)  # type: ignore[misc]
     assert build_model(get_config("ccnet-tiny"), num_classes=2).num_classes == 2
+
+
+@pytest.mark.parametrize("name", ["ccnet-tiny", "ccnet3d-tiny"])
+def test_return_context_exposes_the_rcca_output(name: str) -> None:
+    """The category-consistent loss reads the attention path's output; logits are unchanged."""
+    torch.manual_seed(0)
+    model = _with_gamma(build_model(name, num_classes=3), 0.5).eval()
+    video = model.config.video
+    x = torch.randn((1, 3, 2, 33, 45) if video else (1, 3, 33, 45))
+    inter = model.head.cca.in_channels
+    with torch.no_grad():
+        plain = model(x)
+        result = model(x, return_context=True)
+        features = model.backbone(frames_to_batch(x) if video else x)["layer4"]
+        expected = model.head.conva(features)
+        expected = model.head._attend(batch_to_frames(expected, 1) if video else expected)
+    assert set(result) == {"out", "context"}
+    assert torch.equal(result["out"], plain)
+    assert result["context"].shape == ((1, inter, 2, 5, 6) if video else (1, inter, 5, 6))
+    assert torch.allclose(result["context"], expected, atol=1e-6)
+    train_result = model.train()(x, return_context=True)
+    assert set(train_result) == {"out", "aux", "context"}

@@ -1,0 +1,84 @@
+"""``ccnet synth`` → ``ccnet train`` → ``ccnet evaluate`` round trip, and CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ccnet_cli import main
+from model import load_checkpoint
+from training.synth import CLASSES
+
+TRAIN_FLAGS = [
+    "--model", "ccnet-tiny", "--iterations", "3", "--batch-size", "2", "--crop-size", "32",
+    "--val-every", "0", "--checkpoint-every", "3", "--no-tensorboard", "--no-progress",
+    "--threads", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    data, run = root / "data", root / "run"
+    assert main(["synth", str(data), "--n", "4", "--val", "2", "--size", "32", "--seed", "1"]) == 0
+    config = root / "run.yaml"
+    config.write_text(f"data: {data}\nout: {run}\nlr: 0.005\n")
+    assert main(["train", "--config", str(config), *TRAIN_FLAGS]) == 0
+    return data, run
+
+
+def test_train_writes_a_run_folder(trained, capsys) -> None:
+    _, run = trained
+    for name in ("config.json", "best.pt", "final.pt", "summary.json", "checkpoints/latest"):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == 0.005  # from the file
+    assert config["batch_size"] == 2  # from the flags
+    _, meta = load_checkpoint(run / "final.pt")
+    assert meta["provenance"]["command"].startswith("ccnet ")
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide", "multiscale"])
+def test_evaluate_prints_json(trained, capsys, mode: str) -> None:
+    data, run = trained
+    capsys.readouterr()
+    extra = ["--tile", "24", "--stride", "16"] if mode == "slide" else ["--scales", "0.75,1"]
+    assert main(["evaluate", str(run / "final.pt"), "--data", str(data), "--mode", mode,
+                 "--json", "--threads", "1", *extra]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert {"mIoU", "per_class_iou", "pixel_acc"} <= set(result)
+    assert result["pixels"] == 2 * 32 * 32
+    assert list(result["per_class_iou"]) == list(CLASSES)
+    assert 0.0 <= result["pixel_acc"] <= 1.0
+
+
+def test_evaluate_table(trained, capsys) -> None:
+    data, run = trained
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "final.pt"), "--data", str(data), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "speckle" in out
+
+
+def test_resume_of_a_finished_run_changes_nothing(trained, capsys) -> None:
+    _, run = trained
+    before = (run / "final.pt").read_bytes()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert (run / "final.pt").read_bytes() == before
+
+
+def test_evaluate_errors_exit_2_and_name_the_file(trained, tmp_path, capsys) -> None:
+    data, _ = trained
+    missing = tmp_path / "nope.pt"
+    assert main(["evaluate", str(missing), "--data", str(data)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+
+
+def test_synth_refuses_a_non_empty_folder(tmp_path, capsys) -> None:
+    (tmp_path / "x.txt").write_text("mine")
+    assert main(["synth", str(tmp_path), "--n", "1"]) == 2
+    assert "not empty" in capsys.readouterr().err
