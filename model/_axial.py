@@ -234,14 +234,21 @@ def _add_bmm_(out: Tensor, a: Tensor, b: Tensor, budget: int | None = None) -> N
         del product
 
 
-def _aggregate_into(out: Tensor, weights: list[Tensor], source: Tensor, transpose: bool) -> None:
+def _aggregate_into(
+    out: Tensor,
+    weights: list[Tensor],
+    source: Tensor,
+    transpose: bool,
+    temp_budget: int | None = None,
+) -> None:
     """out = sum over axes d of the per-axis products of weights[d] with source along axis d.
 
     out, source: (B, *spatial, N) (out contiguous, source with unit stride along N);
     weights[d]: (B, *others, L, L') per axis (rows index the query along axis d, columns the
     key). ``transpose=False``: out[query] = sum_key W[query, key] source[key] (output, dQ);
     ``transpose=True``: out[key] = sum_query W[query, key] source[query] (dV, dK).
-    The innermost axis is written first (its views are contiguous), the others are added.
+    The innermost axis is written first (its views are contiguous), the others are added
+    through temporaries of at most ``temp_budget`` elements (default: see ``_add_bmm_``).
     """
     n = len(weights)
     for d in range(n - 1, -1, -1):
@@ -252,7 +259,7 @@ def _aggregate_into(out: Tensor, weights: list[Tensor], source: Tensor, transpos
         if d == n - 1:
             _bmm_into(target, w, values)
         else:
-            _add_bmm_(target, w, values)
+            _add_bmm_(target, w, values, temp_budget)
 
 
 def _empty_channels_last(like: Tensor) -> Tensor:
@@ -313,7 +320,10 @@ def _fast_forward_keeping_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Te
     slices = _axis_slices(tuple(q.shape[2:]))
     out = _empty_channels_last(v)  # (B, C, *spatial), channels-last strides
     weights = _attention_per_axis(attention, slices)
-    _aggregate_into(out.movedim(1, -1), weights, _channels_last(v), transpose=False)
+    # Whole-axis temporaries: the forward stays below the peak of forward + backward (which
+    # holds the output, its gradient, dV, the map and its gradient at once); fewer ops are faster.
+    vc = _channels_last(v)  # (B, *spatial, C)
+    _aggregate_into(out.movedim(1, -1), weights, vc, transpose=False, temp_budget=out.numel())
     return out, attention
 
 
@@ -468,12 +478,15 @@ def attention_block_forward(
 ) -> Tensor:
     """``gamma * op(q(x), k(x), v(x)) + x``, laid out for the active implementation.
 
-    On the fast path the input is brought to channels-last memory before the 1×1 projections:
-    the convolutions are faster there on CPU and q, k, v then arrive in the layout the fast op
-    wants, so it copies nothing. Without autograd the residual is applied in place on the
-    attention output, which saves two feature-sized temporaries.
+    For inference on the fast path the input is brought to channels-last memory before the 1×1
+    projections: the convolutions are faster there on CPU and q, k, v then arrive in the layout
+    the fast op wants, so it copies nothing; the residual is applied in place on the attention
+    output, which saves two feature-sized temporaries. With autograd the input stays as it is:
+    the convolutions would save the channels-last copy for their backward, one more
+    feature-sized tensor per pass held until the backward.
     """
-    if resolve_cca_implementation() == "fast" and x.dim() in (4, 5):
+    grad = torch.is_grad_enabled()
+    if not grad and resolve_cca_implementation() == "fast" and x.dim() in (4, 5):
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         source = x.contiguous(memory_format=fmt)
     else:
@@ -483,6 +496,6 @@ def attention_block_forward(
     del source  # a channels-last copy of x is not needed past the projections
     attended = op(q, k, v)
     del q, k, v
-    if torch.is_grad_enabled():
+    if grad:
         return gamma * attended + x
     return attended.mul_(gamma).add_(x)
