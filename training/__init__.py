@@ -20,3 +20,5 @@ Library use::
 
     summary = train(TrainConfig(model="ccnet-tiny", data="data/synth", out="runs/tiny"))
 """
+
+__all__: list[str] = []

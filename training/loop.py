@@ -140,46 +140,12 @@ class _Run:
             else None
         )
 
-        cc_loss = None
-        if config.cc_loss:
-            cc_loss = CategoryConsistentLoss(
-                self.model.head.cca.in_channels,
-                len(self.classes),
-                embed_dim=config.cc_dim,
-                delta_v=config.cc_delta_v,
-                delta_d=config.cc_delta_d,
-                alpha=config.cc_alpha,
-                beta=config.cc_beta,
-                gamma=config.cc_gamma,
-            ).to(ctx.device)
-        segmentation = SegmentationLoss(
-            config.loss,
-            aux_weight=config.aux_weight,
-            ohem_threshold=config.ohem_threshold,
-            ohem_min_kept=config.ohem_min_kept,
-        )
-        self.objective = TrainingObjective(self.model, segmentation, cc_loss)
+        self.objective = self._objective()
         self.engine: nn.Module = self.objective
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.engine = DistributedDataParallel(self.objective, device_ids=device_ids)
-
-        attention = list(self.model.head.cca.parameters())
-        in_attention = {id(p) for p in attention}
-        head = [p for p in self.model.head.parameters() if id(p) not in in_attention]
-        in_head = {id(p) for p in head} | in_attention
-        rest = [p for p in self.objective.parameters() if id(p) not in in_head]
-        head_lr = config.lr * config.head_lr_mult
-        self.optimizer = torch.optim.SGD(
-            [  # backbone (and auxiliary head, loss weights), RCCA head, attention block
-                {"params": rest, "lr": config.lr},
-                {"params": head, "lr": head_lr},
-                {"params": attention, "lr": head_lr * config.attention_lr_mult},
-            ],
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer = self._optimizer()
         self.scheduler = PolyWarmupLR(
             self.optimizer,
             config.iterations,
@@ -234,6 +200,49 @@ class _Run:
         if self.video:
             return ClipDataset(self.train_index, self.clip_length, transform, config.clip_stride)
         return FrameDataset(self.train_index, transform)
+
+    def _objective(self) -> TrainingObjective:
+        config = self.config
+        cc_loss = None
+        if config.cc_loss:
+            cc_loss = CategoryConsistentLoss(
+                self.model.head.cca.in_channels,
+                len(self.classes),
+                embed_dim=config.cc_dim,
+                delta_v=config.cc_delta_v,
+                delta_d=config.cc_delta_d,
+                alpha=config.cc_alpha,
+                beta=config.cc_beta,
+                gamma=config.cc_gamma,
+            ).to(self.ctx.device)
+        segmentation = SegmentationLoss(
+            config.loss,
+            aux_weight=config.aux_weight,
+            ohem_threshold=config.ohem_threshold,
+            ohem_min_kept=config.ohem_min_kept,
+        )
+        return TrainingObjective(self.model, segmentation, cc_loss)
+
+    def _optimizer(self) -> torch.optim.SGD:
+        """SGD over three groups: the rest (backbone, auxiliary head, loss weights), the RCCA
+        head (``head_lr_mult``) and its attention block (× ``attention_lr_mult`` on top)."""
+        config = self.config
+        attention = list(self.model.head.cca.parameters())
+        in_attention = {id(p) for p in attention}
+        head = [p for p in self.model.head.parameters() if id(p) not in in_attention]
+        in_head = {id(p) for p in head} | in_attention
+        rest = [p for p in self.objective.parameters() if id(p) not in in_head]
+        head_lr = config.lr * config.head_lr_mult
+        return torch.optim.SGD(
+            [
+                {"params": rest, "lr": config.lr},
+                {"params": head, "lr": head_lr},
+                {"params": attention, "lr": head_lr * config.attention_lr_mult},
+            ],
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
 
     def _resume(self) -> None:
         folder = latest_checkpoint(self.run_dir)

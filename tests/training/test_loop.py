@@ -59,13 +59,18 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_plain(path)["state_dict"]  # type: ignore[index]
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(scenes: Path, tmp_path) -> None:
-    straight = train(_config(scenes, tmp_path / "a"), command="test")
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
+    scenes: Path, tmp_path, accumulate: int
+) -> None:
+    # OHEM, category-consistent loss, jitter, dropout, warm-up, bf16 autocast all active
+    settings = {"accumulate": accumulate, "batch_size": 2 // accumulate}
+    straight = train(_config(scenes, tmp_path / "a", **settings), command="test")
     assert straight["iterations"] == 5
-    partial = train(_config(scenes, tmp_path / "b"), stop_at=3, command="test")
+    partial = train(_config(scenes, tmp_path / "b", **settings), stop_at=3, command="test")
     assert partial["iterations"] == 3  # stopped after step 3; last checkpoint is step 2
     assert not (tmp_path / "b" / "final.pt").exists()
-    resumed = train(_config(scenes, tmp_path / "b"), resume=True, command="test")
+    resumed = train(_config(scenes, tmp_path / "b", **settings), resume=True, command="test")
     assert resumed["resumed_from"] == 2 and resumed["steps_this_run"] == 3
     a, b = _weights(tmp_path / "a" / "final.pt"), _weights(tmp_path / "b" / "final.pt")
     assert a.keys() == b.keys()
