@@ -2,8 +2,10 @@
 
 Decoding is defensive because its input comes from strangers: the pixel count is checked from
 the header before any pixel is decoded (a 40000×40000 PNG is a few hundred bytes), truncated
-or trailing-garbage files are rejected, EXIF orientation is applied and every mode
-(palette, grayscale, RGBA, 16-bit) becomes 8-bit RGB.
+or corrupt files are rejected, EXIF orientation is applied and every mode (palette,
+grayscale, RGBA, 16-bit) becomes 8-bit RGB. Bytes after a complete image (a JPEG's end
+marker, a PNG's IEND) are ignored, as browsers do: phones append data there (motion photos
+carry a whole MP4 after the JPEG).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageTooLargeError(
             f"image has more pixels than the limit of {max_pixels}: {error}"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a decodable image: the format is not recognised") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"not a decodable image: {error}") from None
 
 

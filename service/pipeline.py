@@ -1,25 +1,55 @@
-"""From an RGB image to a class mask: resize policy, normalisation, inference, resize back.
+"""From decoded pixels to class masks: the resize/pad policy around any inference backend.
 
-The model itself accepts any size, so no padding is needed; very large inputs are scaled down
-so their long side is at most ``max_side`` (inference cost grows with area, and criss-cross
-attention's with area × (H + W)), and the mask is scaled back with nearest-neighbour so class
-ids stay ids.
+Every backend sees the same thing: RGB float32 in 0..255, scaled so the long side is at most
+``max_side`` (cost grows with area, and criss-cross attention's with area × (H + W)) and then
+padded by edge replication to a multiple of the network stride (8), so feature cells line up
+with pixels and requests of similar size share a batch shape. The mask is cropped back to the
+scaled size, and resized to the input's size with nearest-neighbour so class ids stay ids.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
-from model import CCNet, Normalization
+from .backends.base import InferenceBackend
 
-__all__ = ["ImageSegmenter", "Segmentation"]
+__all__ = [
+    "STRIDE",
+    "ClipSegmentation",
+    "ImageSegmenter",
+    "PreparedClip",
+    "PreparedImage",
+    "Segmentation",
+    "class_statistics",
+    "labels_from_logits",
+    "prepare_clip",
+    "prepare_image",
+    "segment_clip",
+]
+
+STRIDE = 8  # the networks' output stride
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """Network input for one image and what is needed to map the result back."""
+
+    pixels: np.ndarray  # (3, Hp, Wp) float32, 0..255, padded to the stride
+    size: tuple[int, int]  # the input's (H, W)
+    scaled: tuple[int, int]  # (h, w) the image was scaled to, before padding
+
+
+@dataclass(frozen=True)
+class PreparedClip:
+    """Network input for a clip: frames scaled and padded like images."""
+
+    pixels: np.ndarray  # (3, T, Hp, Wp) float32
+    size: tuple[int, int]
+    scaled: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -33,57 +63,143 @@ class Segmentation:
 
     def class_fractions(self) -> dict[str, float]:
         """Fraction of the image covered by each class present."""
-        counts = np.bincount(self.mask.ravel(), minlength=len(self.classes))
-        return {self.classes[i]: float(c) / self.mask.size for i, c in enumerate(counts) if c > 0}
+        return {s["name"]: s["fraction"] for s in class_statistics(self.mask, self.classes)}
+
+
+def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) with the long side at most ``max_side``, aspect kept."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _pad_amount(length: int) -> int:
+    return -length % STRIDE
+
+
+def _resize_and_pad(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 → (3, Hp, Wp) float32 scaled to ``size`` and edge-padded."""
+    if size != rgb.shape[:2]:
+        image = Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        rgb = np.asarray(image)
+    padding = ((0, _pad_amount(size[0])), (0, _pad_amount(size[1])), (0, 0))
+    if any(after for _, after in padding):
+        rgb = np.pad(rgb, padding, mode="edge")
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+
+
+def prepare_image(rgb: np.ndarray, max_side: int) -> PreparedImage:
+    """Scale and pad one (H, W, 3) uint8 RGB image for inference."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
+    size = (int(rgb.shape[0]), int(rgb.shape[1]))
+    scaled = scaled_size(*size, max_side)
+    return PreparedImage(_resize_and_pad(rgb, scaled), size, scaled)
+
+
+def prepare_clip(frames: np.ndarray, max_side: int) -> PreparedClip:
+    """Scale and pad (T, H, W, 3) uint8 frames; every frame the same way."""
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    size = (int(frames.shape[1]), int(frames.shape[2]))
+    scaled = scaled_size(*size, max_side)
+    pixels = np.stack([_resize_and_pad(frame, scaled) for frame in frames], axis=1)
+    return PreparedClip(pixels, size, scaled)
+
+
+def labels_from_logits(
+    logits: np.ndarray, scaled: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """Class ids at the input's size from (K, Hp, Wp) logits (or (K, T, Hp, Wp) for clips).
+
+    Returns (H, W) or (T, H, W) uint8.
+    """
+    labels = logits[..., : scaled[0], : scaled[1]].argmax(axis=0).astype(np.uint8)
+    if scaled == size:
+        return labels
+    resize = (size[1], size[0])
+    if labels.ndim == 2:
+        return np.asarray(Image.fromarray(labels).resize(resize, Image.Resampling.NEAREST))
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize(resize, Image.Resampling.NEAREST)) for f in labels]
+    )
+
+
+def class_statistics(mask: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
+    """Pixel count and fraction of every class present in ``mask``, by class id."""
+    counts = np.bincount(mask.ravel(), minlength=len(classes))
+    total = mask.size
+    return [
+        {
+            "id": i,
+            "name": classes[i] if i < len(classes) else str(i),
+            "pixels": int(c),
+            "fraction": float(c) / total,
+        }
+        for i, c in enumerate(counts)
+        if c > 0
+    ]
 
 
 class ImageSegmenter:
-    """Segments (H, W, 3) uint8 RGB images with a CCNet and its checkpoint metadata.
+    """One image at a time through a backend (``ccnet predict``; the service batches instead).
 
     Args:
-        model: a 2D CCNet; it is put in eval mode.
-        meta: checkpoint metadata with ``classes``, ``palette`` and ``normalization``.
+        backend: any inference backend for an image model.
         max_side: images whose long side exceeds this are scaled down for inference.
-        device: where to run.
     """
 
-    def __init__(
-        self,
-        model: CCNet,
-        meta: Mapping[str, Any],
-        *,
-        max_side: int = 1024,
-        device: str | torch.device = "cpu",
-    ) -> None:
+    def __init__(self, backend: InferenceBackend, *, max_side: int = 1024) -> None:
         if max_side < 1:
             raise ValueError(f"max_side must be >= 1, got {max_side}")
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
-        self.classes = list(meta["classes"])
-        self.palette = [list(c) for c in meta["palette"]]
-        self.normalization = Normalization(**meta["normalization"])
+        self.backend = backend
         self.max_side = max_side
 
-    def _inference_size(self, height: int, width: int) -> tuple[int, int]:
-        scale = min(1.0, self.max_side / max(height, width))
-        return max(1, round(height * scale)), max(1, round(width * scale))
-
-    @torch.inference_mode()
     def segment(self, rgb: np.ndarray) -> Segmentation:
         """Class ids for every pixel of ``rgb`` (H, W, 3) uint8."""
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-        height, width = rgb.shape[:2]
+        prepared = prepare_image(rgb, self.max_side)
         began = time.perf_counter()
-        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).unsqueeze(0)
-        x = self.normalization.normalize(x)
-        size = self._inference_size(height, width)
-        if size != (height, width):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        logits = self.model(x)
-        labels = logits.argmax(dim=1, keepdim=True).to(torch.uint8)
-        if size != (height, width):
-            labels = F.interpolate(labels.float(), size=(height, width), mode="nearest").byte()
-        mask = labels[0, 0].cpu().numpy()  # the copy to host waits for the device
+        logits = self.backend.infer(prepared.pixels[None])[0]
         elapsed = (time.perf_counter() - began) * 1e3
-        return Segmentation(mask, self.classes, self.palette, elapsed)
+        mask = labels_from_logits(logits, prepared.scaled, prepared.size)
+        info = self.backend.info
+        return Segmentation(mask, info.classes, info.palette, elapsed)
+
+
+@dataclass(frozen=True)
+class ClipSegmentation:
+    """Masks for every frame of a clip and how they were made."""
+
+    masks: np.ndarray  # (T, H, W) uint8 class ids
+    inference_ms: float
+    window: int
+    overlap: int
+
+
+def segment_clip(
+    backend: InferenceBackend,
+    frames: np.ndarray,
+    *,
+    max_side: int,
+    overlap: int | None = None,
+) -> ClipSegmentation:
+    """Run a video model over (T, H, W, 3) uint8 frames in overlapping windows.
+
+    The window is the model's clip length; neighbouring windows share ``overlap`` frames
+    (half a window by default) and their per-frame probabilities are blended, so a frame's
+    label draws on context from both sides and window edges do not flicker.
+    """
+    from .clips import plan_windows, stitch_windows
+
+    prepared = prepare_clip(frames, max_side)
+    window = backend.info.window or 4
+    overlap = window // 2 if overlap is None else min(overlap, window - 1)
+    count = frames.shape[0]
+    began = time.perf_counter()
+    probabilities = stitch_windows(
+        count,
+        plan_windows(count, window, overlap),
+        lambda start, stop: backend.infer(prepared.pixels[None, :, start:stop])[0],
+    )
+    elapsed = (time.perf_counter() - began) * 1e3
+    masks = labels_from_logits(probabilities, prepared.scaled, prepared.size)
+    return ClipSegmentation(masks, elapsed, window, overlap)

@@ -17,7 +17,7 @@ from model import list_models
 def test_every_subcommand_has_help(capsys) -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"models", "predict", "convert", "train", "evaluate", "synth", "export"}
+    assert set(commands) == {"models", "predict", "serve", "convert", "train", "evaluate", "synth", "export"}
     for name in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])

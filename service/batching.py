@@ -1,0 +1,187 @@
+"""Micro-batching: concurrent image requests share one forward pass.
+
+Requests enter a bounded queue; one worker thread per model takes the first waiting request,
+gathers more for at most ``max_wait_ms`` (or until ``max_batch_size``), groups them by input
+shape (images are padded to the stride, so same-sized photos share a shape) and runs each
+group as one batch. When the queue is full ``submit`` fails at once with ``OverloadedError``: the
+caller answers 503 + Retry-After instead of letting every request's latency grow.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BatchResult", "BoundedExecutor", "MicroBatcher", "OverloadedError"]
+
+log = logging.getLogger("ccnet.service.batching")
+
+
+class OverloadedError(RuntimeError):
+    """The queue is full; try again later."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's output and the forward pass that produced it."""
+
+    output: np.ndarray
+    seconds: float  # the whole batch's forward time
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    pixels: np.ndarray
+    future: Future[BatchResult] = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Batches same-shaped inputs for ``run`` on one worker thread.
+
+    Args:
+        run: (B, ...) float32 → (B, ...) outputs; called only from the worker thread.
+        max_batch_size: the largest batch ``run`` receives.
+        max_wait_ms: how long the first request of a batch waits for company.
+        queue_size: requests allowed to wait; beyond it ``submit`` raises ``OverloadedError``.
+        on_batch: called with each batch size and its run time in seconds (metrics).
+        name: names the worker thread (logs, debuggers).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 64,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1e3
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._on_batch = on_batch
+        self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch being run)."""
+        return self._queue.qsize()
+
+    def submit(self, pixels: np.ndarray) -> Future[BatchResult]:
+        """Queue one input (without batch axis); the future holds its ``BatchResult``."""
+        item = _Item(pixels)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise OverloadedError(f"{self._queue.maxsize} requests are already waiting") from None
+        return item.future
+
+    def close(self) -> None:
+        """Stop after the queued work; waits for the worker."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        items = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(items) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if item is None:
+                return items, True
+            items.append(item)
+        return items, False
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            items, stopping = self._gather(first)
+            # a request that timed out while waiting is skipped, not computed
+            live = [item for item in items if item.future.set_running_or_notify_cancel()]
+            groups: dict[tuple[int, ...], list[_Item]] = {}
+            for item in live:
+                groups.setdefault(item.pixels.shape, []).append(item)
+            for group in groups.values():
+                self._run_group(group)
+
+    def _run_group(self, group: list[_Item]) -> None:
+        began = time.perf_counter()
+        try:
+            outputs = self._run(np.stack([item.pixels for item in group]))
+        except Exception as error:  # reported to every waiting request, the worker lives on
+            log.exception("inference failed for a batch of %d", len(group))
+            for item in group:
+                item.future.set_exception(error)
+            return
+        seconds = time.perf_counter() - began
+        if self._on_batch is not None:
+            self._on_batch(len(group), seconds)
+        for item, output in zip(group, outputs, strict=True):
+            item.future.set_result(BatchResult(output, seconds, len(group)))
+
+
+class BoundedExecutor:
+    """One worker thread with a bounded backlog, for jobs that do not batch (clips).
+
+    Args:
+        max_pending: jobs allowed to wait or run; beyond it ``submit`` raises ``OverloadedError``.
+        name: names the worker thread.
+    """
+
+    def __init__(self, max_pending: int, name: str = "model") -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clips-{name}")
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting or running."""
+        with self._lock:
+            return self._pending
+
+    def submit(self, job: Callable[[], Any]) -> Future[Any]:
+        """Run ``job`` on the worker; ``OverloadedError`` when the backlog is full."""
+        if not self._slots.acquire(blocking=False):
+            raise OverloadedError("the clip queue is full")
+        with self._lock:
+            self._pending += 1
+
+        def release(_: Future[Any]) -> None:
+            with self._lock:
+                self._pending -= 1
+            self._slots.release()
+
+        future = self._executor.submit(job)
+        future.add_done_callback(release)
+        return future
+
+    def close(self) -> None:
+        """Finish queued jobs and stop the worker."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,128 @@
+"""Running a video model over a long clip in overlapping windows of T frames.
+
+A video model sees ``window`` frames at a time. Neighbouring windows share ``overlap`` frames and
+the shared frames are blended, so a frame's result does not jump where one window ends and the next
+begins. A window's prediction is most reliable in its middle, where the model sees context on both
+sides, so each window's probabilities are weighted by a triangle that peaks at its centre; the
+triangle never reaches zero, so the first and last frames of the clip, which only one window's
+edge covers, still get that window's result.
+
+Typical use, with ``backend_logits`` returning (K, t, H, W) logits for t frames::
+
+    probs = stitch_windows(T, plan_windows(T, 4, 2), lambda a, b: backend_logits(frames[a:b]))
+    labels = argmax_labels(probs)  # or segment_clip(T, ..., window=4, overlap=2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["argmax_labels", "plan_windows", "segment_clip", "stitch_windows", "window_weights"]
+
+Infer = Callable[[int, int], np.ndarray]  # (start, stop) → (K, stop - start, H, W) logits
+
+
+def plan_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Half-open ``[start, stop)`` windows of ``window`` frames covering ``range(num_frames)``.
+
+    Neighbours share ``overlap`` frames. The last window is shifted back to end at
+    ``num_frames`` rather than cut short (the model is run on full windows only), so it may
+    share more than ``overlap`` frames with the one before. A clip of at most ``window`` frames
+    is one window ``(0, num_frames)``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1 frame, got {window}")
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window) = [0, {window}), got {overlap}")
+    if num_frames < 1:
+        raise ValueError(f"a clip has at least one frame, got num_frames={num_frames}")
+    if num_frames <= window:
+        return [(0, num_frames)]
+    stride = window - overlap
+    windows = [(start, start + window) for start in range(0, num_frames - window + 1, stride)]
+    if windows[-1][1] < num_frames:
+        windows.append((num_frames - window, num_frames))
+    return windows
+
+
+def window_weights(length: int) -> np.ndarray:
+    """Blend weights of a window's frames: a triangle 1, 2, …, peak, …, 2, 1 (never zero)."""
+    if length < 1:
+        raise ValueError(f"a window has at least one frame, got {length}")
+    position = np.arange(length)
+    return np.minimum(position + 1, length - position).astype(np.float32)
+
+
+def stitch_windows(num_frames: int, windows: Sequence[tuple[int, int]], infer: Infer) -> np.ndarray:
+    """Class probabilities (K, T, H, W) float32 for a clip, blended over overlapping windows.
+
+    ``infer(start, stop)`` is called once per window, in order, and returns logits
+    (K, stop - start, H, W). Each window's logits become probabilities (softmax over K), and
+    a frame covered by several windows gets their average weighted by ``window_weights``.
+
+    The result holds K × T × H × W floats: 19 classes over 100 frames of 512×512 is 2 GB,
+    so the caller bounds T (and H, W) before calling.
+
+    Raises:
+        ValueError: a window outside the clip, a frame no window covers, or logits of the
+            wrong shape.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a clip has at least one frame, got num_frames={num_frames}")
+    covered = np.zeros(num_frames, dtype=bool)
+    for start, stop in windows:
+        if not 0 <= start < stop <= num_frames:
+            raise ValueError(f"window ({start}, {stop}) is not inside a clip of {num_frames}")
+        covered[start:stop] = True
+    if not covered.all():
+        # checked before any inference: a bad plan should not cost a model run
+        missing = np.flatnonzero(~covered)
+        raise ValueError(f"no window covers frames {missing[:10].tolist()} of {num_frames}")
+
+    blended: np.ndarray | None = None
+    total_weight = np.zeros(num_frames, dtype=np.float32)
+    for start, stop in windows:
+        logits = np.asarray(infer(start, stop))
+        if logits.ndim != 4 or logits.shape[1] != stop - start:
+            raise ValueError(
+                f"infer({start}, {stop}) must return (K, {stop - start}, H, W) logits, "
+                f"got shape {logits.shape}"
+            )
+        if blended is None:
+            classes, _, height, width = logits.shape
+            blended = np.zeros((classes, num_frames, height, width), dtype=np.float32)
+        elif (logits.shape[0], *logits.shape[2:]) != (blended.shape[0], *blended.shape[2:]):
+            raise ValueError(
+                f"infer({start}, {stop}) returned shape {logits.shape}, inconsistent with "
+                f"the (K, ·, H, W) = {blended.shape} of earlier windows"
+            )
+        weights = window_weights(stop - start)
+        blended[:, start:stop] += _softmax(logits) * weights[None, :, None, None]
+        total_weight[start:stop] += weights
+    assert blended is not None  # every frame is covered, so at least one window ran
+    blended /= total_weight[None, :, None, None]
+    return blended
+
+
+def argmax_labels(probs: np.ndarray) -> np.ndarray:
+    """(T, H, W) uint8 class ids from (K, T, H, W) probabilities (or logits)."""
+    if probs.ndim != 4:
+        raise ValueError(f"probs must be (K, T, H, W), got shape {probs.shape}")
+    if probs.shape[0] > 256:
+        raise ValueError(f"uint8 labels hold 256 classes, got {probs.shape[0]}")
+    return probs.argmax(axis=0).astype(np.uint8)
+
+
+def segment_clip(num_frames: int, infer: Infer, *, window: int, overlap: int) -> np.ndarray:
+    """(T, H, W) uint8 labels: ``plan_windows``, ``stitch_windows`` and ``argmax_labels``."""
+    windows = plan_windows(num_frames, window, overlap)
+    return argmax_labels(stitch_windows(num_frames, windows, infer))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float32, copy=False)
+    # subtracting the per-pixel maximum keeps exp() from overflowing on large logits
+    exp = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return exp / exp.sum(axis=0, keepdims=True)

@@ -1,0 +1,117 @@
+"""Service settings: one typed class, read from ``CCNET_*`` environment variables.
+
+``ccnet serve`` turns its flags into these variables before uvicorn starts, so every worker
+process (``--workers N``) builds the same settings from its environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["BUNDLED_MODELS", "Settings", "get_settings"]
+
+# The demo checkpoints installed with the package: served when no model is named.
+BUNDLED_MODELS = (
+    Path(__file__).resolve().parents[1] / "assets" / "ccnet-tiny.pt",
+    Path(__file__).resolve().parents[1] / "assets" / "ccnet3d-tiny.pt",
+)
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; defaults suit one CPU container."""
+
+    model_config = SettingsConfigDict(env_prefix="CCNET_", extra="ignore")
+
+    # what to serve and how
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="checkpoints (.pt), ONNX exports (.onnx) or TensorRT engines (.engine), "
+        "optionally NAME=PATH; comma-separated in the environment",
+    )
+    model_dir: Path | None = Field(
+        None, description="also serve every .pt/.onnx/.engine file in this directory"
+    )
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fp16: bool = Field(True, description="half precision on CUDA (torch backend)")
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 = the library default")
+    cache_dir: Path = Field(
+        Path("~/.cache/ccnet").expanduser(),
+        description="ONNX exports and TensorRT engines made at start are cached here",
+    )
+    trt_plugin: Path | None = Field(None, description="the criss-cross attention plugin library")
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    api_key: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    # input limits
+    max_image_bytes: int = Field(20 * MiB, ge=1)
+    max_video_bytes: int = Field(100 * MiB, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="per image, checked before decoding")
+    max_video_pixels: int = Field(1920 * 1088, ge=1, description="per frame of a clip")
+    max_frames: int = Field(300, ge=1)
+    max_side: int = Field(1024, ge=8, description="images are scaled down to this long side")
+    max_video_side: int = Field(512, ge=8, description="clip frames are scaled down to this")
+    video_overlap: int | None = Field(
+        None, ge=0, description="frames shared by neighbouring windows; default half a window"
+    )
+
+    # batching and back-pressure
+    max_batch_size: int = Field(8, ge=1)
+    max_batch_wait_ms: float = Field(5.0, ge=0)
+    queue_size: int = Field(64, ge=1, description="image requests waiting before 503")
+    video_queue_size: int = Field(4, ge=1, description="clips waiting before 503")
+    request_timeout_s: float = Field(60.0, gt=0)
+    retry_after_s: int = Field(1, ge=1)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("cache_dir", "model_dir", "trt_plugin", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # CCNET_API_KEY= (set but empty, as compose files often leave it) means "no key"
+        return value if value is not None and value.get_secret_value() else None
+
+    def model_sources(self) -> list[tuple[str | None, Path]]:
+        """(name or None, path) for every model to load, bundled demos when none is named."""
+        sources: list[tuple[str | None, Path]] = []
+        for item in self.models:
+            name, sep, path = item.partition("=")
+            sources.append(
+                (name.strip(), Path(path.strip()).expanduser())
+                if sep
+                else (None, Path(item).expanduser())
+            )
+        if self.model_dir is not None and self.model_dir.is_dir():
+            for path in sorted(self.model_dir.iterdir()):
+                if path.suffix in (".pt", ".onnx", ".engine", ".plan"):
+                    sources.append((None, path))
+        if not sources:
+            sources = [(None, path) for path in BUNDLED_MODELS]
+        return sources
+
+
+def get_settings() -> Settings:
+    """Settings from the environment (a fresh read: tests and workers change it)."""
+    return Settings()

@@ -1,0 +1,74 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process).
+
+With ``--workers N`` each worker process keeps its own counters; a scrape reaches one worker.
+Run one worker per container and scale with replicas when the numbers must add up.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class ServiceMetrics:
+    """The service's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ccnet_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ccnet_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "ccnet_errors_total",
+            "error responses by machine-readable code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "ccnet_queue_depth",
+            "requests waiting for inference, by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "ccnet_batch_size",
+            "images per forward pass, by model",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "ccnet_inference_seconds",
+            "forward-pass time by backend and model",
+            ["backend", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "ccnet_ready", "1 once every model is loaded and warmed up", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

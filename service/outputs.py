@@ -1,0 +1,58 @@
+"""Turning a mask into each response format (shared by the HTTP routes and ``ccnet predict``)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .backends.base import ModelInfo
+from .codecs import blend_overlay, encode_mask_png
+from .pipeline import class_statistics
+from .rle import encode_rle
+
+__all__ = ["class_entries", "encode_overlay_image", "image_json"]
+
+
+def encode_overlay_image(
+    rgb: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float, fmt: str
+) -> bytes:
+    """The image with class colours blended in, as PNG or JPEG bytes."""
+    overlay = Image.fromarray(blend_overlay(rgb, mask, palette, alpha))
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        overlay.save(buffer, format="JPEG", quality=90)
+    else:
+        overlay.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def class_entries(mask: np.ndarray, info: ModelInfo, *, rle: bool = False) -> list[dict[str, Any]]:
+    """Per present class: id, name, colour, pixel count, fraction (and COCO RLE)."""
+    entries = []
+    for stat in class_statistics(mask, info.classes):
+        class_id = int(stat["id"])  # type: ignore[call-overload]
+        entry: dict[str, Any] = {**stat, "color": list(info.palette[class_id])}
+        if rle:
+            entry["rle"] = encode_rle(mask == class_id)
+        entries.append(entry)
+    return entries
+
+
+def image_json(
+    mask: np.ndarray, info: ModelInfo, inference_ms: float, *, rle: bool = False
+) -> dict[str, Any]:
+    """The ``output=json`` body for one image."""
+    png = encode_mask_png(mask, info.palette)
+    return {
+        "model": info.name,
+        "width": int(mask.shape[1]),
+        "height": int(mask.shape[0]),
+        "inference_ms": round(inference_ms, 3),
+        "classes": class_entries(mask, info, rle=rle),
+        "mask_png": base64.b64encode(png).decode("ascii"),
+    }
