@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup serve demo test lint format bench clean docker-lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project with its dev tools
 
-demo: setup ## segment the sample photographs with ccnet-tiny; results in out/demo
-	$(BIN)/ccnet models
+serve: setup ## serve the demo models on http://127.0.0.1:8000 (demo page at /)
+	$(BIN)/ccnet serve --log-format text
+
+demo: setup ## segment the sample photographs with the demo model; results in out/demo
 	$(BIN)/ccnet predict --sample astronaut --sample coffee --sample camera -o out/demo
 
 test: setup lint ## lint, then the whole test suite
@@ -28,9 +30,14 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+docker-lint: setup ## hadolint both Dockerfiles, check docker-compose.yml against the Compose spec
+	$(BIN)/hadolint --failure-threshold style docker/Dockerfile.cpu docker/Dockerfile.gpu
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
 bench: setup ## the benchmarks behind BENCHMARKS.md
 	$(BIN)/python -m bench.cca_op
 	$(BIN)/python -m bench.rcca_vs_nonlocal
+	$(BIN)/python -m bench.service_load
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

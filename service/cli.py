@@ -101,14 +101,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     from service.core.config import Settings
 
-    os.environ.update(_settings_env(args))
+    overrides = _settings_env(args)
+    environment = {**os.environ, **overrides}
     try:
-        settings = Settings()
+        settings = Settings(_env_file=None, **_from_environment(environment))
     except ValidationError as error:
         raise ValueError(f"invalid setting: {error}") from None
     for _, path in settings.model_sources():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such model file")
+    # only now, when the settings are known to be good: every worker reads them from here
+    os.environ.update(overrides)
     uvicorn.run(
         "service.main:create_app",
         factory=True,
@@ -119,6 +122,16 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+def _from_environment(environment: dict[str, str]) -> dict[str, str]:
+    """Settings fields from CCNET_* variables, for validating before they are exported."""
+    prefix = "CCNET_"
+    return {
+        key[len(prefix) :].lower(): value
+        for key, value in environment.items()
+        if key.startswith(prefix)
+    }
 
 
 # ---------------------------------------------------------------------------- predict

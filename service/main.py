@@ -8,6 +8,8 @@ load in a background thread after start-up, so the process answers /healthz at o
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,13 +35,18 @@ needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 """
 
 
-def _load(app: FastAPI) -> None:
+def _load(app: FastAPI, stop_on_failure: bool) -> None:
     state = app.state
     try:
         state.registry.load()
     except Exception as error:  # reported by /healthz and /readyz; the log has the traceback
         log.exception("loading the models failed")
         state.load_error = str(error)
+        if stop_on_failure:
+            # A server that can never become ready should exit (non-zero, after a graceful
+            # shutdown), so Docker's restart policy or the orchestrator sees the failure.
+            log.error("stopping: the service cannot serve without its models")
+            os.kill(os.getpid(), signal.SIGTERM)
         return
     state.ready.set()
     state.metrics.ready.set(1)
@@ -52,7 +59,8 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
     Args:
         settings: defaults to ``Settings()`` read from ``CCNET_*`` environment variables.
         background_load: load models in a thread after start-up (the server answers health
-            checks meanwhile); False loads them during start-up (tests).
+            checks meanwhile) and stop the process if they fail to load; False loads them
+            during start-up and keeps the app up to report the failure (tests).
     """
     settings = settings or get_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -66,7 +74,7 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
         state.lifespans += 1
         if state.lifespans == 1:
             state.loader = threading.Thread(
-                target=_load, args=(app,), name="model-loader", daemon=True
+                target=_load, args=(app, background_load), name="model-loader", daemon=True
             )
             if background_load:
                 state.loader.start()

@@ -17,7 +17,8 @@ from model import list_models
 def test_every_subcommand_has_help(capsys) -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"models", "predict", "serve", "convert", "train", "evaluate", "synth", "export"}
+    expected = {"models", "predict", "serve", "convert", "train", "evaluate", "synth", "export"}
+    assert set(commands) == expected
     for name in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
