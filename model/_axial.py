@@ -421,22 +421,27 @@ class _FastAxialAttention(torch.autograd.Function):
             return _fast_backward(grad_out, q, k, v, attention, (need_q, need_k, need_v))
 
 
-def _fast_with_grad(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Fast path under autograd; applies autocast's cast itself, then runs the Function.
+def _autocast_operands(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Apply autocast's cast up front, as the plain formulation's matmuls would.
 
-    Under autocast the matmuls of the plain formulation would run in the autocast dtype, so
-    float32 operands (not float64, which autocast leaves alone) are cast to it up front; the
-    cast is recorded by autograd, which casts the gradients back.
+    Under autocast those matmuls run in the autocast dtype, so float32 operands (not float64,
+    which autocast leaves alone) are cast to it; the fast paths then run with autocast off, in
+    one dtype. Under autograd the cast is recorded, and the gradients are cast back.
     """
     device_type = q.device.type
     if (
         torch.amp.is_autocast_available(device_type)
         and torch.is_autocast_enabled(device_type)
-        and q.dtype not in (torch.float64, torch.get_autocast_dtype(device_type))
+        and q.dtype != torch.float64
     ):
         dtype = torch.get_autocast_dtype(device_type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    return _FastAxialAttention.apply(q, k, v)
+    return q, k, v
+
+
+def _fast_with_grad(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Fast path under autograd: autocast's cast, then the custom Function."""
+    return _FastAxialAttention.apply(*_autocast_operands(q, k, v))
 
 
 def axial_attention_fast(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -454,6 +459,13 @@ def axial_attention_fast(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _fast_with_grad(q, k, v)
+    q, k, v = _autocast_operands(q, k, v)
+    with _autocast_disabled(q.device.type):
+        return _fast_no_grad(q, k, v)
+
+
+def _fast_no_grad(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """The inference branch of ``axial_attention_fast``: in-place accumulation."""
     n = q.dim() - 2
     qc, kc, vc = (_channels_last(t) for t in (q, k, v))
     attention = _joint_softmax(_energies(qc, kc), v.dtype)

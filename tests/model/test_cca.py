@@ -206,6 +206,26 @@ def test_module_under_cpu_autocast(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_inference_under_cpu_autocast(impl: str) -> None:
+    """The op without autograd inside autocast: float32 operands, bf16 compute (as the plain
+    matmul formulation would), for the op and for an eval-mode module."""
+    q, k, v = _qkv((2, 4, 8, 9, 7), dtype=torch.float32)
+    expected = criss_cross_attention(q, k, v)
+    torch.manual_seed(0)
+    module = CrissCrossAttention(16).eval()
+    nn_init_gamma(module, 0.5)
+    x = torch.randn(2, 16, 9, 8)
+    module_expected = module(x)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with torch.inference_mode(), cca_implementation(impl), autocast:
+        out = criss_cross_attention(q, k, v)
+        module_out = module(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(module_out.float(), module_expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_non_contiguous_inputs(impl: str) -> None:
     q, k, v = _qkv((2, 3, 4, 6, 5))
     # transposed spatial axes and a channel slice: none of these is contiguous
