@@ -9,8 +9,11 @@ edge covers, still get that window's result.
 
 Typical use, with ``backend_logits`` returning (K, t, H, W) logits for t frames::
 
-    probs = stitch_windows(T, plan_windows(T, 4, 2), lambda a, b: backend_logits(frames[a:b]))
-    labels = argmax_labels(probs)  # or segment_clip(T, ..., window=4, overlap=2)
+    windows = plan_windows(T, 4, 2)
+    labels = stitch_labels(T, windows, lambda a, b: backend_logits(frames[a:b]))
+
+``stitch_labels`` keeps only the frames of the windows in flight, so its memory does not grow
+with the clip; ``stitch_windows`` returns every frame's blended probabilities.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["argmax_labels", "plan_windows", "segment_clip", "stitch_windows", "window_weights"]
+__all__ = [
+    "argmax_labels",
+    "plan_windows",
+    "segment_clip",
+    "stitch_labels",
+    "stitch_windows",
+    "window_weights",
+]
 
 Infer = Callable[[int, int], np.ndarray]  # (start, stop) → (K, stop - start, H, W) logits
 
@@ -69,18 +79,7 @@ def stitch_windows(num_frames: int, windows: Sequence[tuple[int, int]], infer: I
         ValueError: a window outside the clip, a frame no window covers, or logits of the
             wrong shape.
     """
-    if num_frames < 1:
-        raise ValueError(f"a clip has at least one frame, got num_frames={num_frames}")
-    covered = np.zeros(num_frames, dtype=bool)
-    for start, stop in windows:
-        if not 0 <= start < stop <= num_frames:
-            raise ValueError(f"window ({start}, {stop}) is not inside a clip of {num_frames}")
-        covered[start:stop] = True
-    if not covered.all():
-        # checked before any inference: a bad plan should not cost a model run
-        missing = np.flatnonzero(~covered)
-        raise ValueError(f"no window covers frames {missing[:10].tolist()} of {num_frames}")
-
+    _check_coverage(num_frames, windows)
     blended: np.ndarray | None = None
     total_weight = np.zeros(num_frames, dtype=np.float32)
     for start, stop in windows:
@@ -106,6 +105,65 @@ def stitch_windows(num_frames: int, windows: Sequence[tuple[int, int]], infer: I
     return blended
 
 
+def stitch_labels(num_frames: int, windows: Sequence[tuple[int, int]], infer: Infer) -> np.ndarray:
+    """(T, H, W) uint8 labels, blended as ``stitch_windows`` blends, in bounded memory.
+
+    Windows run in order of their start; a frame is decided (argmax of its weighted
+    probability sum, which has the argmax of the weighted mean) as soon as no later window
+    covers it, so only the frames of the windows in flight are held.
+
+    Raises:
+        ValueError: as ``stitch_windows``, or more than 256 classes.
+    """
+    _check_coverage(num_frames, windows)
+    ordered = sorted(windows)
+    pending: dict[int, np.ndarray] = {}
+    labels: np.ndarray | None = None
+    for index, (start, stop) in enumerate(ordered):
+        logits = np.asarray(infer(start, stop))
+        if logits.ndim != 4 or logits.shape[1] != stop - start:
+            raise ValueError(
+                f"infer({start}, {stop}) must return (K, {stop - start}, H, W) logits, "
+                f"got shape {logits.shape}"
+            )
+        if labels is None:
+            if logits.shape[0] > 256:
+                raise ValueError(f"uint8 labels hold 256 classes, got {logits.shape[0]}")
+            labels = np.empty((num_frames, *logits.shape[2:]), dtype=np.uint8)
+            first_shape = logits.shape[:1] + logits.shape[2:]
+        elif logits.shape[:1] + logits.shape[2:] != first_shape:
+            raise ValueError(
+                f"infer({start}, {stop}) returned shape {logits.shape}, inconsistent with "
+                f"the (K, H, W) = {first_shape} of earlier windows"
+            )
+        weighted = _softmax(logits) * window_weights(stop - start)[None, :, None, None]
+        for offset, frame in enumerate(range(start, stop)):
+            if frame in pending:
+                pending[frame] += weighted[:, offset]
+            else:
+                pending[frame] = weighted[:, offset].copy()
+        next_start = ordered[index + 1][0] if index + 1 < len(ordered) else num_frames
+        for frame in sorted(f for f in pending if f < next_start):
+            labels[frame] = pending.pop(frame).argmax(axis=0)
+    assert labels is not None and not pending  # every frame is covered and decided
+    return labels
+
+
+def _check_coverage(num_frames: int, windows: Sequence[tuple[int, int]]) -> None:
+    """Every window inside the clip and every frame in some window, before any inference."""
+    if num_frames < 1:
+        raise ValueError(f"a clip has at least one frame, got num_frames={num_frames}")
+    covered = np.zeros(num_frames, dtype=bool)
+    for start, stop in windows:
+        if not 0 <= start < stop <= num_frames:
+            raise ValueError(f"window ({start}, {stop}) is not inside a clip of {num_frames}")
+        covered[start:stop] = True
+    if not covered.all():
+        # checked before any inference: a bad plan should not cost a model run
+        missing = np.flatnonzero(~covered)
+        raise ValueError(f"no window covers frames {missing[:10].tolist()} of {num_frames}")
+
+
 def argmax_labels(probs: np.ndarray) -> np.ndarray:
     """(T, H, W) uint8 class ids from (K, T, H, W) probabilities (or logits)."""
     if probs.ndim != 4:
@@ -116,9 +174,8 @@ def argmax_labels(probs: np.ndarray) -> np.ndarray:
 
 
 def segment_clip(num_frames: int, infer: Infer, *, window: int, overlap: int) -> np.ndarray:
-    """(T, H, W) uint8 labels: ``plan_windows``, ``stitch_windows`` and ``argmax_labels``."""
-    windows = plan_windows(num_frames, window, overlap)
-    return argmax_labels(stitch_windows(num_frames, windows, infer))
+    """(T, H, W) uint8 labels: ``plan_windows`` then ``stitch_labels``."""
+    return stitch_labels(num_frames, plan_windows(num_frames, window, overlap), infer)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

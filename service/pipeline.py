@@ -186,20 +186,44 @@ def segment_clip(
 
     The window is the model's clip length; neighbouring windows share ``overlap`` frames
     (half a window by default) and their per-frame probabilities are blended, so a frame's
-    label draws on context from both sides and window edges do not flicker.
+    label draws on context from both sides and window edges do not flicker. Memory stays
+    bounded by the window: frames are kept as scaled uint8 and converted per window, and a
+    frame's label is decided once the last window covering it has run.
     """
-    from .clips import plan_windows, stitch_windows
+    from .clips import plan_windows, stitch_labels
 
-    prepared = prepare_clip(frames, max_side)
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    count = frames.shape[0]
+    size = (int(frames.shape[1]), int(frames.shape[2]))
+    scaled = scaled_size(*size, max_side)
     window = backend.info.window or 4
     overlap = window // 2 if overlap is None else min(overlap, window - 1)
-    count = frames.shape[0]
+
+    def resized(frame: np.ndarray) -> np.ndarray:  # (H, W, 3) → (Hp, Wp, 3) uint8
+        if scaled != size:
+            frame = np.asarray(
+                Image.fromarray(frame).resize((scaled[1], scaled[0]), Image.Resampling.BILINEAR)
+            )
+        padding = ((0, _pad_amount(scaled[0])), (0, _pad_amount(scaled[1])), (0, 0))
+        return np.pad(frame, padding, mode="edge") if any(a for _, a in padding) else frame
+
+    small = np.stack([resized(frame) for frame in frames])  # (T, Hp, Wp, 3) uint8
+
+    def infer(start: int, stop: int) -> np.ndarray:
+        pixels = small[start:stop].transpose(3, 0, 1, 2).astype(np.float32)  # (3, t, Hp, Wp)
+        return backend.infer(pixels[None])[0]
+
     began = time.perf_counter()
-    probabilities = stitch_windows(
-        count,
-        plan_windows(count, window, overlap),
-        lambda start, stop: backend.infer(prepared.pixels[None, :, start:stop])[0],
-    )
+    labels = stitch_labels(count, plan_windows(count, window, overlap), infer)
     elapsed = (time.perf_counter() - began) * 1e3
-    masks = labels_from_logits(probabilities, prepared.scaled, prepared.size)
-    return ClipSegmentation(masks, elapsed, window, overlap)
+    labels = labels[:, : scaled[0], : scaled[1]]
+    if scaled != size:
+        resize = (size[1], size[0])
+        labels = np.stack(
+            [
+                np.asarray(Image.fromarray(f).resize(resize, Image.Resampling.NEAREST))
+                for f in labels
+            ]
+        )
+    return ClipSegmentation(np.ascontiguousarray(labels), elapsed, window, overlap)

@@ -82,13 +82,17 @@ class DecodedVideo:
     container: str  # FFmpeg's demuxer name, e.g. "gif" or "mov,mp4,m4a,3gp,3g2,mj2"
 
 
-def decode_video(data: bytes, *, max_frames: int, max_pixels: int) -> DecodedVideo:
+def decode_video(
+    data: bytes, *, max_frames: int, max_pixels: int, max_total_pixels: int | None = None
+) -> DecodedVideo:
     """Decode a clip (mp4, mov, webm, mkv, avi, GIF, …) to RGB frames, unresized.
 
     Args:
         data: the uploaded bytes.
         max_frames: refuse clips with more frames; decoding stops at the first frame past it.
         max_pixels: refuse clips whose frames have more pixels (width × height).
+        max_total_pixels: refuse clips with more pixels in all (frames × width × height), a
+            cap on the decoded clip's memory (3 bytes per pixel); checked while decoding.
 
     Raises:
         VideoTooLargeError: over ``max_frames`` or ``max_pixels``.
@@ -106,13 +110,16 @@ def decode_video(data: bytes, *, max_frames: int, max_pixels: int) -> DecodedVid
             options={"max_pixels": str(max_pixels)},
             metadata_errors="replace",  # a mis-encoded title must not fail the upload
         ) as container:
-            return _decode_container(container, max_frames, max_pixels)
+            return _decode_container(container, max_frames, max_pixels, max_total_pixels)
     except av.error.FFmpegError as error:
         raise VideoDecodeError(f"not a decodable video: {_describe(error)}") from None
 
 
 def _decode_container(
-    container: av.container.InputContainer, max_frames: int, max_pixels: int
+    container: av.container.InputContainer,
+    max_frames: int,
+    max_pixels: int,
+    max_total_pixels: int | None,
 ) -> DecodedVideo:
     demuxer = container.format.name
     if demuxer in _STILL_IMAGE_DEMUXERS or demuxer.endswith("_pipe"):
@@ -135,6 +142,13 @@ def _decode_container(
             if len(frames) == max_frames:
                 raise VideoTooLargeError(f"the clip has more than the limit of {max_frames} frames")
             _check_pixels(frame.width, frame.height, max_pixels, "a frame is")
+            total = (len(frames) + 1) * frame.width * frame.height
+            if max_total_pixels is not None and total > max_total_pixels:
+                raise VideoTooLargeError(
+                    f"the clip has more than the limit of {max_total_pixels} pixels in all "
+                    f"(frames × width × height): {len(frames) + 1} frames of "
+                    f"{frame.width}×{frame.height} already exceed it"
+                )
             if frames and frames[0].shape[:2] != (frame.height, frame.width):
                 first_height, first_width = frames[0].shape[:2]
                 raise VideoDecodeError(

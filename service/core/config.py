@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="per image, checked before decoding")
     max_video_pixels: int = Field(1920 * 1088, ge=1, description="per frame of a clip")
     max_frames: int = Field(300, ge=1)
+    max_clip_pixels: int = Field(
+        100_000_000, ge=1, description="frames × width × height of a clip (its decoded memory)"
+    )
     max_side: int = Field(1024, ge=8, description="images are scaled down to this long side")
     max_video_side: int = Field(512, ge=8, description="clip frames are scaled down to this")
     video_overlap: int | None = Field(

@@ -305,6 +305,9 @@ def test_bad_clips(client, gif_clip, small_rgb) -> None:
     _error(_post_clip(client, gif_clip, output="png"), 422, "validation_error")
     with make_client(max_frames=10) as limited:
         _error(_post_clip(limited, gif_clip), 413, "video_too_large")
+    with make_client(max_clip_pixels=5 * 25 * 14) as limited:  # 5 of the 24 frames
+        body = _error(_post_clip(limited, gif_clip), 413, "video_too_large")
+        assert "pixels in all" in body["error"]["message"]
     assert _post_clip(client, gif_clip, output="json").status_code == 200
 
 

@@ -11,6 +11,7 @@ from service.clips import (
     argmax_labels,
     plan_windows,
     segment_clip,
+    stitch_labels,
     stitch_windows,
     window_weights,
 )
@@ -208,3 +209,30 @@ def test_stitch_invalid(
 def test_argmax_labels_needs_uint8_room() -> None:
     with pytest.raises(ValueError, match="256 classes"):
         argmax_labels(np.zeros((300, 1, 1, 1), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("frames", "window", "overlap"), [(1, 4, 2), (4, 4, 2), (11, 4, 2), (9, 3, 0)]
+)
+def test_streaming_labels_equal_the_argmax_of_all_probabilities(frames, window, overlap) -> None:
+    rng = np.random.default_rng(frames * 10 + window)
+    logits = rng.normal(size=(5, frames, 6, 7)).astype(np.float32) * 3
+    windows = plan_windows(frames, window, overlap)
+    calls: list[tuple[int, int]] = []
+
+    def infer(start: int, stop: int) -> np.ndarray:
+        calls.append((start, stop))
+        return logits[:, start:stop] + 0.1 * start  # a window-dependent shift, as a model's
+
+    expected = argmax_labels(stitch_windows(frames, windows, infer))
+    calls.clear()
+    labels = stitch_labels(frames, windows, infer)
+    assert calls == sorted(windows)
+    assert labels.dtype == np.uint8 and labels.shape == (frames, 6, 7)
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_streaming_labels_refuse_inconsistent_windows() -> None:
+    shapes = iter([(3, 4, 5, 5), (3, 4, 6, 5)])
+    with pytest.raises(ValueError, match="inconsistent"):
+        stitch_labels(6, [(0, 4), (2, 6)], lambda a, b: np.zeros(next(shapes), np.float32))

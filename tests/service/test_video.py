@@ -253,6 +253,17 @@ def test_frame_count_at_the_limit_is_accepted() -> None:
     assert video.frames.shape == (8, 48, 64, 3)
 
 
+def test_total_pixels_over_limit_stop_decoding(converted: list[int]) -> None:
+    """The decoded clip's memory is capped: frames × width × height."""
+    data = _clip("webm", "libvpx", _moving_frames(12))
+    budget = 5 * 64 * 48
+    with pytest.raises(VideoTooLargeError, match=rf"limit of {budget} pixels in all"):
+        decode_video(data, max_frames=100, max_pixels=1_000_000, max_total_pixels=budget)
+    assert len(converted) == 5
+    exact = decode_video(data, max_frames=100, max_pixels=1_000_000, max_total_pixels=12 * 64 * 48)
+    assert exact.frames.shape == (12, 48, 64, 3)
+
+
 def test_declared_pixels_over_limit_refused_before_decoding(converted: list[int]) -> None:
     with pytest.raises(VideoTooLargeError, match=r"64×48 = 3072 pixels.*limit of 3071"):
         decode_video(_clip("mp4", "libx264"), max_frames=100, max_pixels=64 * 48 - 1)

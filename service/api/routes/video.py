@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ...backends import ModelInfo
 from ...batching import OverloadedError
 from ...codecs import blend_overlay
+from ...core.config import Settings
 from ...outputs import class_entries
 from ...pipeline import ClipSegmentation, class_statistics, segment_clip
 from ...schemas import ClipSegmentation as ClipSegmentationSchema
@@ -52,9 +53,14 @@ _VIDEO_BODY = {
 }
 
 
-def _decode(data: bytes, max_frames: int, max_pixels: int) -> DecodedVideo:
+def _decode(data: bytes, settings: Settings) -> DecodedVideo:
     try:
-        return decode_video(data, max_frames=max_frames, max_pixels=max_pixels)
+        return decode_video(
+            data,
+            max_frames=settings.max_frames,
+            max_pixels=settings.max_video_pixels,
+            max_total_pixels=settings.max_clip_pixels,
+        )
     except VideoTooLargeError as error:
         raise ApiError(413, "video_too_large", str(error)) from None
     except VideoDecodeError as error:
@@ -123,9 +129,7 @@ async def segment_video(
     served = served_model(registry, model, "video")
     upload = await read_upload(request, "video", settings.max_video_bytes)
     check_media_type(upload.media_type, frozenset(MEDIA_TYPES), "a video clip")
-    clip = await run_in_threadpool(
-        _decode, upload.data, settings.max_frames, settings.max_video_pixels
-    )
+    clip = await run_in_threadpool(_decode, upload.data, settings)
     assert served.clips is not None  # video models always have one
     job = lambda: segment_clip(  # noqa: E731
         served.backend,
