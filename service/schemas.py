@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ClassInfo",
@@ -68,6 +68,29 @@ class ModelEntry(BaseModel):
 class ModelList(BaseModel):
     """GET /v1/models."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "models": [
+                        {
+                            "name": "ccnet-tiny",
+                            "kind": "image",
+                            "backend": "torch",
+                            "device": "cpu",
+                            "default": True,
+                            "window": None,
+                            "classes": [
+                                {"id": 0, "name": "background", "color": [20, 20, 20]},
+                                {"id": 1, "name": "stripes", "color": [230, 25, 75]},
+                            ],
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
     models: list[ModelEntry]
 
 
@@ -91,6 +114,37 @@ class ClassStat(BaseModel):
 
 class ImageSegmentation(BaseModel):
     """POST /v1/segment?output=json."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "ccnet-tiny",
+                    "width": 512,
+                    "height": 512,
+                    "inference_ms": 98.4,
+                    "classes": [
+                        {
+                            "id": 0,
+                            "name": "background",
+                            "color": [20, 20, 20],
+                            "pixels": 143917,
+                            "fraction": 0.549,
+                        },
+                        {
+                            "id": 1,
+                            "name": "stripes",
+                            "color": [230, 25, 75],
+                            "pixels": 118227,
+                            "fraction": 0.451,
+                            "rle": {"size": [512, 512], "counts": "Sj0e1k>..."},
+                        },
+                    ],
+                    "mask_png": "iVBORw0KGgoAAAANSUhEUgAA...",
+                }
+            ]
+        }
+    )
 
     model: str
     width: int

@@ -13,7 +13,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness")
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True, summary="Liveness")
 def healthz(request: Request) -> Response | dict[str, str]:
     """200 while the process can serve; 503 when its models failed to load (restart it)."""
     error = request.app.state.load_error
@@ -25,6 +25,7 @@ def healthz(request: Request) -> Response | dict[str, str]:
 @router.get(
     "/readyz",
     response_model=Health,
+    response_model_exclude_none=True,
     summary="Readiness",
     responses={503: {"description": "still loading, or loading failed"}},
 )

@@ -102,11 +102,11 @@ def _decode(data: bytes, max_pixels: int):
     response_class=Response,
     responses={
         200: {
+            "model": ImageSegmentation,
             "description": "the mask PNG (default), the overlay, or JSON statistics",
             "content": {
                 "image/png": {},
                 "image/jpeg": {},
-                "application/json": {"schema": ImageSegmentation.model_json_schema()},
             },
             "headers": {
                 "X-Model": {"description": "the model that ran", "schema": {"type": "string"}},

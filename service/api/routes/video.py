@@ -99,10 +99,10 @@ def _clip_json(result: ClipSegmentation, info: ModelInfo, fps: float) -> dict[st
     response_class=Response,
     responses={
         200: {
+            "model": ClipSegmentationSchema,
             "description": "a zip of mask PNGs (default), JSON statistics, or the overlaid clip",
             "content": {
                 "application/zip": {},
-                "application/json": {"schema": ClipSegmentationSchema.model_json_schema()},
                 "video/mp4": {},
                 "image/gif": {},
             },
