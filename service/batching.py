@@ -53,7 +53,10 @@ class MicroBatcher:
         max_wait_ms: how long the first request of a batch waits for company.
         queue_size: requests allowed to wait; beyond it ``submit`` raises ``OverloadedError``.
         on_batch: called with each batch size and its run time in seconds (metrics).
-        name: names the worker thread (logs, debuggers).
+        name: names the worker threads (logs, debuggers).
+        workers: batches run in parallel by this many threads (``run`` must allow it). On a
+            CPU, two single-threaded forward passes side by side get more images through
+            than one pass split over two threads: small convolutions scale poorly.
     """
 
     def __init__(
@@ -65,21 +68,33 @@ class MicroBatcher:
         queue_size: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "model",
+        workers: int = 1,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_size and queue_size must be >= 1, max_wait_ms >= 0")
+        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or workers < 1:
+            raise ValueError(
+                "max_batch_size, queue_size and workers must be >= 1, max_wait_ms >= 0"
+            )
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._on_batch = on_batch
-        self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def depth(self) -> int:
         """Requests waiting (not counting the batch being run)."""
         return self._queue.qsize()
+
+    def has_room(self) -> bool:
+        """Whether a request submitted now would be queued (checked before decoding, so a
+        request that will be refused costs next to nothing)."""
+        return not self._queue.full()
 
     def submit(self, pixels: np.ndarray) -> Future[BatchResult]:
         """Queue one input (without batch axis); the future holds its ``BatchResult``."""
@@ -91,9 +106,11 @@ class MicroBatcher:
         return item.future
 
     def close(self) -> None:
-        """Stop after the queued work; waits for the worker."""
-        self._queue.put(None)
-        self._thread.join()
+        """Stop after the queued work; waits for the workers."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         items = [first]

@@ -61,7 +61,14 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=_positive_int, help="worker processes (default 1)")
-    serve.add_argument("--threads", type=int, help="intra-op threads per worker (0 = default)")
+    serve.add_argument(
+        "--inference-workers",
+        type=int,
+        help="forward passes in parallel per image model (0 = one per CPU core; 1 on a GPU)",
+    )
+    serve.add_argument(
+        "--threads", type=int, help="intra-op threads per forward pass (0 = cores / workers)"
+    )
     serve.add_argument("--max-batch-size", type=_positive_int)
     serve.add_argument("--max-batch-wait-ms", type=float)
     serve.add_argument("--queue-size", type=_positive_int)
@@ -83,6 +90,7 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
         "port",
         "workers",
         "threads",
+        "inference_workers",
         "max_batch_size",
         "max_batch_wait_ms",
         "queue_size",

@@ -27,7 +27,9 @@ def encode_overlay_image(
     if fmt == "jpeg":
         overlay.save(buffer, format="JPEG", quality=90)
     else:
-        overlay.save(buffer, format="PNG")
+        # zlib level 1: a photograph-like PNG at level 6 (the default) takes ~5× as long
+        # (94 vs 19 ms at 512×512) for a file only ~10% smaller
+        overlay.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -77,10 +77,12 @@ class ModelRegistry:
             BackendError: a model cannot be loaded (the message names the file).
             ValueError: two models share a name.
         """
-        if self.settings.threads:
+        workers, threads = self.settings.parallelism()
+        if self.settings.backend == "torch":
             import torch
 
-            torch.set_num_threads(self.settings.threads)
+            torch.set_num_threads(threads)
+        log.info("%d inference worker(s) per image model, %d thread(s) each", workers, threads)
         for name, path in self.settings.model_sources():
             began = time.perf_counter()
             backend = load_backend(name, path, self.settings)
@@ -99,6 +101,7 @@ class ModelRegistry:
                         name
                     ).observe(size),
                     name=info.name,
+                    workers=workers if backend.thread_safe else 1,
                 )
             else:
                 served.clips = BoundedExecutor(self.settings.video_queue_size, name=info.name)

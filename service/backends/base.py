@@ -37,9 +37,12 @@ class ModelInfo:
 
 
 class InferenceBackend(ABC):
-    """Runs one model. ``infer`` is called from one worker thread at a time."""
+    """Runs one model; ``infer`` may be called from several worker threads if
+    ``thread_safe``."""
 
     name: ClassVar[str]
+    # whether several threads may call ``infer`` at once (parallel inference workers)
+    thread_safe: ClassVar[bool] = True
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info

@@ -137,7 +137,8 @@ def _onnxruntime(name: str | None, path: Path, settings: Any) -> InferenceBacken
     except (OSError, ValueError) as error:
         raise BackendError(f"{path}: {error}") from error
     info = _info_from_sidecar(name, sidecar, path)
-    return OnnxRuntimeBackend(info, path, device=settings.device, threads=settings.threads)
+    _, threads = settings.parallelism()
+    return OnnxRuntimeBackend(info, path, device=settings.device, threads=threads)
 
 
 def _torch(name: str | None, path: Path, settings: Any) -> InferenceBackend:

@@ -28,6 +28,7 @@ class TensorRTBackend(InferenceBackend):
     """
 
     name = "tensorrt"
+    thread_safe = False  # one execution context and stream
 
     def __init__(self, info: ModelInfo, path: str | Path, *, plugin: Path | None) -> None:
         super().__init__(info)

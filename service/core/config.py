@@ -6,13 +6,14 @@ process (``--workers N``) builds the same settings from its environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["BUNDLED_MODELS", "Settings", "get_settings"]
+__all__ = ["BUNDLED_MODELS", "Settings", "available_cores", "get_settings"]
 
 # The demo checkpoints installed with the package: served when no model is named.
 BUNDLED_MODELS = (
@@ -21,6 +22,7 @@ BUNDLED_MODELS = (
 )
 
 MiB = 1 << 20
+_CPU_THREADS_PER_WORKER = 1  # auto: one forward pass per core (see Settings.parallelism)
 
 
 class Settings(BaseSettings):
@@ -40,7 +42,12 @@ class Settings(BaseSettings):
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fp16: bool = Field(True, description="half precision on CUDA (torch backend)")
-    threads: int = Field(0, ge=0, description="intra-op threads; 0 = the library default")
+    threads: int = Field(
+        0, ge=0, description="intra-op threads; 0 = the CPU cores shared among the workers"
+    )
+    inference_workers: int = Field(
+        0, ge=0, description="forward passes in parallel per image model; 0 = auto"
+    )
     cache_dir: Path = Field(
         Path("~/.cache/ccnet").expanduser(),
         description="ONNX exports and TensorRT engines made at start are cached here",
@@ -72,7 +79,9 @@ class Settings(BaseSettings):
 
     # batching and back-pressure
     max_batch_size: int = Field(8, ge=1)
-    max_batch_wait_ms: float = Field(5.0, ge=0)
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, description="how long a batch's first request waits for company"
+    )
     queue_size: int = Field(64, ge=1, description="image requests waiting before 503")
     video_queue_size: int = Field(4, ge=1, description="clips waiting before 503")
     request_timeout_s: float = Field(60.0, gt=0)
@@ -96,6 +105,25 @@ class Settings(BaseSettings):
         # CCNET_API_KEY= (set but empty, as compose files often leave it) means "no key"
         return value if value is not None and value.get_secret_value() else None
 
+    def parallelism(self) -> tuple[int, int]:
+        """(inference workers per image model, intra-op threads per forward pass).
+
+        On a GPU one worker feeds the device. On CPUs the cores are split among workers:
+        several single-threaded forward passes side by side get more images through than one
+        pass spread over every core (small convolutions parallelise poorly), at some cost in
+        the latency of a lone request. TensorRT contexts are not shared between threads.
+        """
+        cores = available_cores()
+        gpu = self.backend == "tensorrt" or self.device == "cuda"
+        if self.device == "auto" and self.backend == "torch":
+            import torch
+
+            gpu = torch.cuda.is_available()
+        auto = max(1, cores // _CPU_THREADS_PER_WORKER)
+        workers = 1 if gpu else self.inference_workers or auto
+        threads = self.threads or max(1, cores // workers)
+        return workers, threads
+
     def model_sources(self) -> list[tuple[str | None, Path]]:
         """(name or None, path) for every model to load, bundled demos when none is named."""
         sources: list[tuple[str | None, Path]] = []
@@ -113,6 +141,14 @@ class Settings(BaseSettings):
         if not sources:
             sources = [(None, path) for path in BUNDLED_MODELS]
         return sources
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def get_settings() -> Settings:

@@ -365,7 +365,8 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
 
 def test_full_queue_answers_503_with_retry_after_at_once(small_rgb) -> None:
     data = png_bytes(small_rgb)
-    with make_client(queue_size=1, max_batch_size=1, max_batch_wait_ms=0) as tight:
+    tight_settings = {"queue_size": 1, "max_batch_size": 1, "max_batch_wait_ms": 0}
+    with make_client(**tight_settings, inference_workers=1) as tight:
         entered, release = _gate(tight)
         served = tight.app.state.registry.models["ccnet-tiny"]
         try:

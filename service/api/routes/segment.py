@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...batching import OverloadedError
 from ...codecs import ImageDecodeError, ImageTooLargeError, decode_image, encode_mask_png
+from ...core.config import Settings
 from ...outputs import encode_overlay_image, image_json
 from ...pipeline import labels_from_logits, prepare_image
 from ...registry import ServedModel, UnknownModelError
@@ -69,7 +70,7 @@ def served_model(registry: RegistryDep, name: str | None, kind: str) -> ServedMo
         raise ApiError(422, "unknown_model", str(error)) from None
 
 
-def overloaded(settings: SettingsDep, error: OverloadedError) -> ApiError:
+def overloaded(settings: Settings, error: OverloadedError) -> ApiError:
     return ApiError(
         503,
         "overloaded",
@@ -78,7 +79,7 @@ def overloaded(settings: SettingsDep, error: OverloadedError) -> ApiError:
     )
 
 
-def timed_out(settings: SettingsDep) -> ApiError:
+def timed_out(settings: Settings) -> ApiError:
     return ApiError(
         503,
         "timeout",
@@ -137,11 +138,15 @@ async def segment_image(
     and mode (RGB, RGBA, grayscale, palette; EXIF orientation applied); the mask has the
     image's width and height."""
     served = served_model(registry, model, "image")
+    assert served.batcher is not None  # image models always have one
     upload = await read_upload(request, "image", settings.max_image_bytes)
+    # Refused before decoding, so a refusal costs next to nothing under load. (The body is
+    # read first: answering mid-upload would reset the connection of a client still sending.)
+    if not served.batcher.has_room():
+        raise overloaded(settings, OverloadedError("the queue is full"))
     check_media_type(upload.media_type, IMAGE_MEDIA_TYPES, "an image")
     rgb = await run_in_threadpool(_decode, upload.data, settings.max_pixels)
     prepared = await run_in_threadpool(prepare_image, rgb, settings.max_side)
-    assert served.batcher is not None  # image models always have one
     try:
         future = served.batcher.submit(prepared.pixels)
     except OverloadedError as error:

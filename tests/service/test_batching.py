@@ -1,0 +1,184 @@
+"""Micro-batching and the bounded clip executor, without HTTP."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from service.batching import BoundedExecutor, MicroBatcher, OverloadedError
+from service.core.config import Settings, available_cores
+
+
+def _double(batch: np.ndarray) -> np.ndarray:
+    return batch * 2
+
+
+def test_results_match_their_requests_and_shapes_are_grouped() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        return batch * 2
+
+    gate, entered = threading.Event(), threading.Event()
+
+    def held(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        gate.wait(5)
+        return run(batch)
+
+    batcher = MicroBatcher(held, max_batch_size=8, max_wait_ms=50)
+    try:
+        first = batcher.submit(np.zeros((3, 8, 8), np.float32))  # occupies the worker
+        assert entered.wait(5)
+        inputs = [np.full((3, 8, 8), i, np.float32) for i in range(5)]
+        inputs += [np.full((3, 16, 8), i, np.float32) for i in range(3)]
+        futures = [batcher.submit(x) for x in inputs]
+        gate.set()
+        for x, future in zip(inputs, futures, strict=True):
+            result = future.result(timeout=10)
+            np.testing.assert_array_equal(result.output, x * 2)
+        assert first.result(timeout=10).batch_size == 1
+    finally:
+        batcher.close()
+    # after the first lone batch: the 5 small and the 3 tall inputs each ran as one batch
+    assert sorted(seen[1:]) == [(3, 3, 16, 8), (5, 3, 8, 8)]
+
+
+def test_batches_never_exceed_the_maximum() -> None:
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        sizes.append(len(batch))
+        return batch
+
+    batcher = MicroBatcher(run, max_batch_size=3, max_wait_ms=20, queue_size=64)
+    try:
+        futures = [batcher.submit(np.zeros(2, np.float32)) for _ in range(10)]
+        gate.set()
+        for future in futures:
+            future.result(timeout=10)
+    finally:
+        batcher.close()
+    assert sum(sizes) == 10 and max(sizes) <= 3
+
+
+def test_full_queue_raises_overloaded() -> None:
+    gate, entered = threading.Event(), threading.Event()
+
+    def held(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        gate.wait(5)
+        return batch
+
+    batcher = MicroBatcher(held, max_batch_size=1, max_wait_ms=0, queue_size=2)
+    try:
+        running = batcher.submit(np.zeros(1))
+        assert entered.wait(5)  # the worker has taken it
+        waiting = [batcher.submit(np.zeros(1)) for _ in range(2)]
+        assert not batcher.has_room()
+        with pytest.raises(OverloadedError):
+            batcher.submit(np.zeros(1))
+        gate.set()
+        for future in (running, *waiting):
+            future.result(timeout=10)
+        assert batcher.has_room()
+    finally:
+        gate.set()
+        batcher.close()
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_lives_on() -> None:
+    calls = {"n": 0}
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return batch
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_wait_ms=0)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.submit(np.zeros(1)).result(timeout=10)
+        assert batcher.submit(np.ones(1)).result(timeout=10).output[0] == 1
+    finally:
+        batcher.close()
+
+
+def test_cancelled_requests_are_not_computed() -> None:
+    gate, entered = threading.Event(), threading.Event()
+    computed: list[float] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        gate.wait(5)
+        computed.extend(batch[:, 0].tolist())
+        return batch
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_wait_ms=0)
+    try:
+        first = batcher.submit(np.zeros(1))
+        assert entered.wait(5)
+        abandoned = batcher.submit(np.full(1, 7.0))
+        assert abandoned.cancel()  # a request that timed out while queued
+        last = batcher.submit(np.full(1, 9.0))
+        gate.set()
+        first.result(timeout=10)
+        last.result(timeout=10)
+    finally:
+        batcher.close()
+    assert 7.0 not in computed and 9.0 in computed
+
+
+def test_workers_run_batches_side_by_side() -> None:
+    inside = threading.Barrier(2, timeout=5)  # passes only if two batches run at once
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        inside.wait()
+        return batch
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_wait_ms=0, workers=2)
+    try:
+        futures = [batcher.submit(np.zeros(1)) for _ in range(2)]
+        for future in futures:
+            future.result(timeout=10)
+    finally:
+        batcher.close()
+
+
+def test_bounded_executor_refuses_beyond_its_backlog() -> None:
+    gate = threading.Event()
+    executor = BoundedExecutor(max_pending=2)
+    try:
+        jobs = [executor.submit(lambda: gate.wait(5)) for _ in range(2)]
+        assert executor.depth == 2
+        with pytest.raises(OverloadedError):
+            executor.submit(lambda: None)
+        gate.set()
+        for job in jobs:
+            job.result(timeout=10)
+        assert executor.submit(lambda: 42).result(timeout=10) == 42
+    finally:
+        gate.set()
+        executor.close()
+
+
+def test_parallelism_defaults() -> None:
+    cores = available_cores()
+    assert Settings(backend="onnxruntime", device="cpu").parallelism() == (cores, 1)
+    assert Settings(backend="torch", device="cpu").parallelism() == (cores, 1)
+    assert Settings(backend="tensorrt").parallelism() == (1, cores)
+    explicit = Settings(device="cpu", inference_workers=3, threads=2)
+    assert explicit.parallelism() == (3, 2)
+    assert Settings(device="cpu", inference_workers=1).parallelism() == (1, cores)
+
+
+@pytest.mark.parametrize("bad", [{"max_batch_size": 0}, {"queue_size": 0}, {"workers": 0}])
+def test_bad_batcher_arguments(bad) -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        MicroBatcher(_double, **bad)
