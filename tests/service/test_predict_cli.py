@@ -74,3 +74,24 @@ def test_serve_flag_validation(flag) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", *flag])
     assert exit_info.value.code == 2
+
+
+def test_predict_on_onnxruntime_matches_torch(tmp_path, capsys, monkeypatch) -> None:
+    """The same files through the onnxruntime backend (the checkpoint exported once into the
+    cache) give the same masks as through torch."""
+    import skimage.data
+
+    monkeypatch.setenv("CCNET_CACHE_DIR", str(tmp_path / "cache"))
+    image = tmp_path / "coffee.png"
+    Image.fromarray(np.asarray(skimage.data.coffee())[::2, ::2].copy()).save(image)
+    masks = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        assert (
+            main(["predict", str(image), "-o", str(out), "--output", "png", "--backend", backend])
+            == 0
+        )
+        masks[backend] = np.asarray(Image.open(out / "coffee_mask.png"))
+    capsys.readouterr()
+    assert list((tmp_path / "cache").glob("onnx/*/model.onnx"))
+    assert (masks["torch"] == masks["onnxruntime"]).mean() >= 0.9999
