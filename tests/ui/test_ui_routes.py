@@ -84,3 +84,11 @@ def test_only_the_shipped_files_are_whitelisted() -> None:
     assert set(PAGE_FILES) <= names
     assert all("/" not in name and not name.startswith(".") for name in names), names
     assert {path.parent for path, _ in ui._FILES.values()} == {ui.STATIC_DIR}
+
+
+def test_page_forbids_other_origins(client) -> None:
+    """The browser is told that the page loads and sends nothing anywhere else."""
+    policy = client.get("/").headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert "connect-src 'self' blob:" in policy and "frame-ancestors 'none'" in policy
+    assert "http" not in policy

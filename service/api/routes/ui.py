@@ -30,6 +30,18 @@ _MEDIA_TYPES = {
 }
 # Revalidate on every load, so a redeployed page never runs against a stale script.
 _HEADERS = {"Cache-Control": "no-cache"}
+# The page loads nothing from elsewhere, and the browser is told to hold it to that: its own
+# script and styles, results shown through blob: URLs, requests to this origin only.
+_PAGE_HEADERS = {
+    **_HEADERS,
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' blob:; "
+        "img-src 'self' blob: data:; media-src 'self' blob:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _list_static(directory: Path) -> dict[str, tuple[Path, str]]:
@@ -71,4 +83,7 @@ def _serve(name: str) -> Response:
             headers=_HEADERS,
         )
     path, media_type = entry
-    return FileResponse(path, media_type=media_type, headers=_HEADERS)
+    headers = (
+        _PAGE_HEADERS if name == "index.html" else {**_HEADERS, "X-Content-Type-Options": "nosniff"}
+    )
+    return FileResponse(path, media_type=media_type, headers=headers)
