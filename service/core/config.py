@@ -112,8 +112,10 @@ class Settings(BaseSettings):
         several single-threaded forward passes side by side get more images through than one
         pass spread over every core (small convolutions parallelise poorly), at some cost in
         the latency of a lone request. TensorRT contexts are not shared between threads.
+        With several worker processes (``workers``), each plans for its share of the cores.
         """
-        cores = available_cores()
+        # uvicorn worker processes (``workers``) share the cores: each gets its part
+        cores = max(1, available_cores() // self.workers)
         gpu = self.backend == "tensorrt" or self.device == "cuda"
         if self.device == "auto" and self.backend == "torch":
             import torch

@@ -176,6 +176,8 @@ def test_parallelism_defaults() -> None:
     explicit = Settings(device="cpu", inference_workers=3, threads=2)
     assert explicit.parallelism() == (3, 2)
     assert Settings(device="cpu", inference_workers=1).parallelism() == (1, cores)
+    shared = max(1, cores // 2)  # two uvicorn processes split the cores
+    assert Settings(device="cpu", workers=2).parallelism() == (shared, 1)
 
 
 @pytest.mark.parametrize("bad", [{"max_batch_size": 0}, {"queue_size": 0}, {"workers": 0}])
