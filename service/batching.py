@@ -173,6 +173,7 @@ class BoundedExecutor:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._slots = threading.BoundedSemaphore(max_pending)
+        self._max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clips-{name}")
@@ -182,6 +183,11 @@ class BoundedExecutor:
         """Jobs waiting or running."""
         with self._lock:
             return self._pending
+
+    def has_room(self) -> bool:
+        """Whether a job submitted now would be accepted."""
+        with self._lock:
+            return self._pending < self._max_pending
 
     def submit(self, job: Callable[[], Any]) -> Future[Any]:
         """Run ``job`` on the worker; ``OverloadedError`` when the backlog is full."""

@@ -156,7 +156,7 @@ def test_bounded_executor_refuses_beyond_its_backlog() -> None:
     executor = BoundedExecutor(max_pending=2)
     try:
         jobs = [executor.submit(lambda: gate.wait(5)) for _ in range(2)]
-        assert executor.depth == 2
+        assert executor.depth == 2 and not executor.has_room()
         with pytest.raises(OverloadedError):
             executor.submit(lambda: None)
         gate.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated, Literal
 
 import orjson
@@ -129,9 +130,12 @@ async def segment_video(
     served = served_model(registry, model, "video")
     upload = await read_upload(request, "video", settings.max_video_bytes)
     check_media_type(upload.media_type, frozenset(MEDIA_TYPES), "a video clip")
-    clip = await run_in_threadpool(_decode, upload.data, settings)
     assert served.clips is not None  # video models always have one
-    job = lambda: segment_clip(  # noqa: E731
+    if not served.clips.has_room():  # refused before the (costly) decode
+        raise overloaded(settings, OverloadedError("the clip queue is full"))
+    clip = await run_in_threadpool(_decode, upload.data, settings)
+    job = functools.partial(
+        segment_clip,
         served.backend,
         clip.frames,
         max_side=settings.max_video_side,
