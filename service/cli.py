@@ -312,9 +312,9 @@ def _write_clip_results(
 ) -> dict[str, Any]:
     from model.files import write_bytes_atomic, write_text_atomic
     from service.codecs import blend_overlay
-    from service.outputs import class_entries
+    from service.outputs import class_entries, clip_json, clip_mask_zip
     from service.pipeline import segment_clip
-    from service.video import decode_video, encode_mask_zip, encode_overlay_video
+    from service.video import decode_video, encode_overlay_video
 
     clip = decode_video(path.read_bytes(), max_frames=100_000, max_pixels=1 << 26)
     result = segment_clip(backend, clip.frames, max_side=args.max_side)
@@ -322,8 +322,7 @@ def _write_clip_results(
     written = []
     if args.output in ("png", "both"):
         target = out_dir / f"{name}_masks.zip"
-        extra = {"model": info.name, "classes": info.classes, "fps": clip.fps}
-        write_bytes_atomic(target, encode_mask_zip(result.masks, info.palette, extra=extra))
+        write_bytes_atomic(target, clip_mask_zip(result, info, clip.fps))
         written.append(str(target))
     if args.output in ("overlay", "both"):
         fmt = "gif" if path.suffix.lower() == ".gif" else "mp4"
@@ -331,18 +330,14 @@ def _write_clip_results(
         blended = blend_overlay(clip.frames, result.masks, info.palette, args.alpha)
         write_bytes_atomic(target, encode_overlay_video(blended, clip.fps, fmt))
         written.append(str(target))
-    stats = class_entries(result.masks, info)
     if args.output == "json":
         target = out_dir / f"{name}.json"
-        body = {
-            "model": info.name,
-            "frame_count": int(result.masks.shape[0]),
-            "fps": clip.fps,
-            "inference_ms": round(result.inference_ms, 3),
-            "classes": stats,
-        }
+        body = clip_json(result, info, clip.fps)  # what the service answers to output=json
         write_text_atomic(target, json.dumps(body, indent=2) + "\n")
         written.append(str(target))
+        stats = body["classes"]
+    else:
+        stats = class_entries(result.masks, info)
     return {
         "model": info.name,
         "frames": int(result.masks.shape[0]),

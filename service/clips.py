@@ -18,7 +18,7 @@ with the clip; ``stitch_windows`` returns every frame's blended probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -73,32 +73,19 @@ def stitch_windows(num_frames: int, windows: Sequence[tuple[int, int]], infer: I
     a frame covered by several windows gets their average weighted by ``window_weights``.
 
     The result holds K × T × H × W floats: 19 classes over 100 frames of 512×512 is 2 GB,
-    so the caller bounds T (and H, W) before calling.
+    so the caller bounds T (and H, W) before calling (or uses ``stitch_labels``).
 
     Raises:
         ValueError: a window outside the clip, a frame no window covers, or logits of the
             wrong shape.
     """
-    _check_coverage(num_frames, windows)
     blended: np.ndarray | None = None
     total_weight = np.zeros(num_frames, dtype=np.float32)
-    for start, stop in windows:
-        logits = np.asarray(infer(start, stop))
-        if logits.ndim != 4 or logits.shape[1] != stop - start:
-            raise ValueError(
-                f"infer({start}, {stop}) must return (K, {stop - start}, H, W) logits, "
-                f"got shape {logits.shape}"
-            )
+    for start, stop, weighted, weights in _weighted_windows(num_frames, windows, infer):
         if blended is None:
-            classes, _, height, width = logits.shape
+            classes, _, height, width = weighted.shape
             blended = np.zeros((classes, num_frames, height, width), dtype=np.float32)
-        elif (logits.shape[0], *logits.shape[2:]) != (blended.shape[0], *blended.shape[2:]):
-            raise ValueError(
-                f"infer({start}, {stop}) returned shape {logits.shape}, inconsistent with "
-                f"the (K, ·, H, W) = {blended.shape} of earlier windows"
-            )
-        weights = window_weights(stop - start)
-        blended[:, start:stop] += _softmax(logits) * weights[None, :, None, None]
+        blended[:, start:stop] += weighted
         total_weight[start:stop] += weights
     assert blended is not None  # every frame is covered, so at least one window ran
     blended /= total_weight[None, :, None, None]
@@ -115,28 +102,16 @@ def stitch_labels(num_frames: int, windows: Sequence[tuple[int, int]], infer: In
     Raises:
         ValueError: as ``stitch_windows``, or more than 256 classes.
     """
-    _check_coverage(num_frames, windows)
     ordered = sorted(windows)
     pending: dict[int, np.ndarray] = {}
     labels: np.ndarray | None = None
-    for index, (start, stop) in enumerate(ordered):
-        logits = np.asarray(infer(start, stop))
-        if logits.ndim != 4 or logits.shape[1] != stop - start:
-            raise ValueError(
-                f"infer({start}, {stop}) must return (K, {stop - start}, H, W) logits, "
-                f"got shape {logits.shape}"
-            )
+    for index, (start, stop, weighted, _) in enumerate(
+        _weighted_windows(num_frames, ordered, infer)
+    ):
         if labels is None:
-            if logits.shape[0] > 256:
-                raise ValueError(f"uint8 labels hold 256 classes, got {logits.shape[0]}")
-            labels = np.empty((num_frames, *logits.shape[2:]), dtype=np.uint8)
-            first_shape = logits.shape[:1] + logits.shape[2:]
-        elif logits.shape[:1] + logits.shape[2:] != first_shape:
-            raise ValueError(
-                f"infer({start}, {stop}) returned shape {logits.shape}, inconsistent with "
-                f"the (K, H, W) = {first_shape} of earlier windows"
-            )
-        weighted = _softmax(logits) * window_weights(stop - start)[None, :, None, None]
+            if weighted.shape[0] > 256:
+                raise ValueError(f"uint8 labels hold 256 classes, got {weighted.shape[0]}")
+            labels = np.empty((num_frames, *weighted.shape[2:]), dtype=np.uint8)
         for offset, frame in enumerate(range(start, stop)):
             if frame in pending:
                 pending[frame] += weighted[:, offset]
@@ -147,6 +122,32 @@ def stitch_labels(num_frames: int, windows: Sequence[tuple[int, int]], infer: In
             labels[frame] = pending.pop(frame).argmax(axis=0)
     assert labels is not None and not pending  # every frame is covered and decided
     return labels
+
+
+def _weighted_windows(
+    num_frames: int, windows: Sequence[tuple[int, int]], infer: Infer
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(start, stop, weighted probabilities, weights) per window, in the order given, after
+    checking the plan (before any inference) and each window's logits."""
+    _check_coverage(num_frames, windows)
+    first: tuple[int, ...] | None = None  # (K, H, W) of the first window
+    for start, stop in windows:
+        logits = np.asarray(infer(start, stop))
+        if logits.ndim != 4 or logits.shape[1] != stop - start:
+            raise ValueError(
+                f"infer({start}, {stop}) must return (K, {stop - start}, H, W) logits, "
+                f"got shape {logits.shape}"
+            )
+        shape = (logits.shape[0], *logits.shape[2:])
+        if first is None:
+            first = shape
+        elif shape != first:
+            raise ValueError(
+                f"infer({start}, {stop}) returned shape {logits.shape}, inconsistent with "
+                f"the (K, H, W) = {first} of earlier windows"
+            )
+        weights = window_weights(stop - start)
+        yield start, stop, _softmax(logits) * weights[None, :, None, None], weights
 
 
 def _check_coverage(num_frames: int, windows: Sequence[tuple[int, int]]) -> None:

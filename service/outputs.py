@@ -12,10 +12,11 @@ from PIL import Image
 
 from .backends.base import ModelInfo
 from .codecs import blend_overlay, encode_mask_png
-from .pipeline import class_statistics
+from .pipeline import ClipSegmentation, class_statistics
 from .rle import encode_rle
+from .video import encode_mask_zip
 
-__all__ = ["class_entries", "encode_overlay_image", "image_json"]
+__all__ = ["class_entries", "clip_json", "clip_mask_zip", "encode_overlay_image", "image_json"]
 
 
 def encode_overlay_image(
@@ -58,3 +59,36 @@ def image_json(
         "classes": class_entries(mask, info, rle=rle),
         "mask_png": base64.b64encode(png).decode("ascii"),
     }
+
+
+def clip_json(result: ClipSegmentation, info: ModelInfo, fps: float) -> dict[str, Any]:
+    """The ``output=json`` body for a clip: statistics over the clip and per frame."""
+    masks = result.masks
+    frames = [
+        {
+            "index": index,
+            "classes": [
+                {"id": s["id"], "pixels": s["pixels"], "fraction": s["fraction"]}
+                for s in class_statistics(mask, info.classes)
+            ],
+        }
+        for index, mask in enumerate(masks)
+    ]
+    return {
+        "model": info.name,
+        "width": int(masks.shape[2]),
+        "height": int(masks.shape[1]),
+        "frame_count": int(masks.shape[0]),
+        "fps": float(fps),
+        "inference_ms": round(result.inference_ms, 3),
+        "window": result.window,
+        "overlap": result.overlap,
+        "classes": class_entries(masks, info),
+        "frames": frames,
+    }
+
+
+def clip_mask_zip(result: ClipSegmentation, info: ModelInfo, fps: float) -> bytes:
+    """The ``output=zip`` body: one mask PNG per frame and ``clip.json``."""
+    extra = {"model": info.name, "classes": info.classes, "fps": fps}
+    return encode_mask_zip(result.masks, info.palette, extra=extra)

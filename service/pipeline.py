@@ -76,15 +76,15 @@ def _pad_amount(length: int) -> int:
     return -length % STRIDE
 
 
-def _resize_and_pad(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 → (3, Hp, Wp) float32 scaled to ``size`` and edge-padded."""
-    if size != rgb.shape[:2]:
-        image = Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+def _scale_and_pad(rgb: np.ndarray, scaled: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 → (Hp, Wp, 3) uint8 scaled to ``scaled`` and edge-padded."""
+    if scaled != rgb.shape[:2]:
+        image = Image.fromarray(rgb).resize((scaled[1], scaled[0]), Image.Resampling.BILINEAR)
         rgb = np.asarray(image)
-    padding = ((0, _pad_amount(size[0])), (0, _pad_amount(size[1])), (0, 0))
+    padding = ((0, _pad_amount(scaled[0])), (0, _pad_amount(scaled[1])), (0, 0))
     if any(after for _, after in padding):
         rgb = np.pad(rgb, padding, mode="edge")
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    return rgb
 
 
 def prepare_image(rgb: np.ndarray, max_side: int) -> PreparedImage:
@@ -93,17 +93,41 @@ def prepare_image(rgb: np.ndarray, max_side: int) -> PreparedImage:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
     size = (int(rgb.shape[0]), int(rgb.shape[1]))
     scaled = scaled_size(*size, max_side)
-    return PreparedImage(_resize_and_pad(rgb, scaled), size, scaled)
+    pixels = _scale_and_pad(rgb, scaled).transpose(2, 0, 1)
+    return PreparedImage(np.ascontiguousarray(pixels, dtype=np.float32), size, scaled)
 
 
-def prepare_clip(frames: np.ndarray, max_side: int) -> PreparedClip:
-    """Scale and pad (T, H, W, 3) uint8 frames; every frame the same way."""
+def _scaled_frames(
+    frames: np.ndarray, max_side: int
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """(T, Hp, Wp, 3) uint8 frames scaled and padded alike, the input size, the scaled size."""
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     size = (int(frames.shape[1]), int(frames.shape[2]))
     scaled = scaled_size(*size, max_side)
-    pixels = np.stack([_resize_and_pad(frame, scaled) for frame in frames], axis=1)
+    return np.stack([_scale_and_pad(frame, scaled) for frame in frames]), size, scaled
+
+
+def prepare_clip(frames: np.ndarray, max_side: int) -> PreparedClip:
+    """Scale and pad (T, H, W, 3) uint8 frames; every frame the same way."""
+    small, size, scaled = _scaled_frames(frames, max_side)
+    pixels = np.ascontiguousarray(small.transpose(3, 0, 1, 2), dtype=np.float32)
     return PreparedClip(pixels, size, scaled)
+
+
+def _labels_to_size(
+    labels: np.ndarray, scaled: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """(…, Hp, Wp) labels cropped to ``scaled`` and resized (nearest) to ``size``."""
+    labels = labels[..., : scaled[0], : scaled[1]]
+    if scaled == size:
+        return labels
+    resize = (size[1], size[0])
+    frames = labels.reshape(-1, *scaled)
+    resized = [
+        np.asarray(Image.fromarray(f).resize(resize, Image.Resampling.NEAREST)) for f in frames
+    ]
+    return np.stack(resized).reshape(*labels.shape[:-2], *size)
 
 
 def labels_from_logits(
@@ -114,14 +138,7 @@ def labels_from_logits(
     Returns (H, W) or (T, H, W) uint8.
     """
     labels = logits[..., : scaled[0], : scaled[1]].argmax(axis=0).astype(np.uint8)
-    if scaled == size:
-        return labels
-    resize = (size[1], size[0])
-    if labels.ndim == 2:
-        return np.asarray(Image.fromarray(labels).resize(resize, Image.Resampling.NEAREST))
-    return np.stack(
-        [np.asarray(Image.fromarray(f).resize(resize, Image.Resampling.NEAREST)) for f in labels]
-    )
+    return _labels_to_size(labels, scaled, size)
 
 
 def class_statistics(mask: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
@@ -190,40 +207,18 @@ def segment_clip(
     bounded by the window: frames are kept as scaled uint8 and converted per window, and a
     frame's label is decided once the last window covering it has run.
     """
-    from .clips import plan_windows, stitch_labels
+    from . import clips
 
-    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    count = frames.shape[0]
-    size = (int(frames.shape[1]), int(frames.shape[2]))
-    scaled = scaled_size(*size, max_side)
+    small, size, scaled = _scaled_frames(frames, max_side)  # (T, Hp, Wp, 3) uint8
     window = backend.info.window or 4
     overlap = window // 2 if overlap is None else min(overlap, window - 1)
-
-    def resized(frame: np.ndarray) -> np.ndarray:  # (H, W, 3) → (Hp, Wp, 3) uint8
-        if scaled != size:
-            frame = np.asarray(
-                Image.fromarray(frame).resize((scaled[1], scaled[0]), Image.Resampling.BILINEAR)
-            )
-        padding = ((0, _pad_amount(scaled[0])), (0, _pad_amount(scaled[1])), (0, 0))
-        return np.pad(frame, padding, mode="edge") if any(a for _, a in padding) else frame
-
-    small = np.stack([resized(frame) for frame in frames])  # (T, Hp, Wp, 3) uint8
 
     def infer(start: int, stop: int) -> np.ndarray:
         pixels = small[start:stop].transpose(3, 0, 1, 2).astype(np.float32)  # (3, t, Hp, Wp)
         return backend.infer(pixels[None])[0]
 
     began = time.perf_counter()
-    labels = stitch_labels(count, plan_windows(count, window, overlap), infer)
+    labels = clips.segment_clip(len(small), infer, window=window, overlap=overlap)
     elapsed = (time.perf_counter() - began) * 1e3
-    labels = labels[:, : scaled[0], : scaled[1]]
-    if scaled != size:
-        resize = (size[1], size[0])
-        labels = np.stack(
-            [
-                np.asarray(Image.fromarray(f).resize(resize, Image.Resampling.NEAREST))
-                for f in labels
-            ]
-        )
+    labels = _labels_to_size(labels, scaled, size)
     return ClipSegmentation(np.ascontiguousarray(labels), elapsed, window, overlap)

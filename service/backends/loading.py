@@ -10,6 +10,7 @@ so in the log, so one GPU image serves on any machine.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def _info_from_sidecar(name: str | None, sidecar: dict[str, Any], source: Path) 
     meta = {**sidecar, "config": config}
     info = info_from_meta(name or model.get("name"), meta, source)
     if info.name == "model":  # ``ccnet export onnx`` always writes model.onnx
-        info = ModelInfo(**{**info.__dict__, "name": source.parent.name})
+        info = dataclasses.replace(info, name=source.parent.name)
     return info
 
 

@@ -95,3 +95,14 @@ def test_predict_on_onnxruntime_matches_torch(tmp_path, capsys, monkeypatch) -> 
     capsys.readouterr()
     assert list((tmp_path / "cache").glob("onnx/*/model.onnx"))
     assert (masks["torch"] == masks["onnxruntime"]).mean() >= 0.9999
+
+
+def test_predict_clip_json_is_the_service_body(tmp_path, gif_clip, capsys) -> None:
+    from service.schemas import ClipSegmentation
+
+    clip = tmp_path / "clip.gif"
+    clip.write_bytes(gif_clip)
+    assert main(["predict", str(clip), "-o", str(tmp_path / "out"), "--output", "json"]) == 0
+    capsys.readouterr()
+    body = ClipSegmentation.model_validate_json((tmp_path / "out" / "clip.json").read_text())
+    assert body.frame_count == 24 == len(body.frames)

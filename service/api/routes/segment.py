@@ -2,90 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ...batching import OverloadedError
 from ...codecs import ImageDecodeError, ImageTooLargeError, decode_image, encode_mask_png
-from ...core.config import Settings
 from ...outputs import encode_overlay_image, image_json
 from ...pipeline import labels_from_logits, prepare_image
-from ...registry import ServedModel, UnknownModelError
-from ...schemas import ErrorResponse, ImageSegmentation
+from ...schemas import ImageSegmentation
 from ..deps import ApiKey, RegistryDep, SettingsDep
 from ..errors import ApiError
+from ..inference import (
+    ERROR_RESPONSES,
+    ModelName,
+    OverlayAlpha,
+    refuse_if_full,
+    run_queued,
+    served_model,
+    upload_body,
+)
 from ..media import IMAGE_MEDIA_TYPES, check_media_type
 from ..upload import read_upload
 
-__all__ = ["ModelName", "overloaded", "router", "served_model", "timed_out"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["segmentation"], dependencies=[ApiKey])
 
-ModelName = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=128,
-        description="a model name from /v1/models; the default model of the kind if omitted",
-    ),
-]
-_ERRORS = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        400: "undecodable input",
-        401: "API key missing or wrong",
-        413: "too many bytes, pixels or frames",
-        415: "unsupported media type",
-        422: "bad parameters or unknown model",
-        503: "overloaded, timed out or not ready (see Retry-After)",
-    }.items()
-}
-_IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                }
-            },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-
-
-def served_model(registry: RegistryDep, name: str | None, kind: str) -> ServedModel:
-    """The requested model, or 422 ``unknown_model``."""
-    try:
-        return registry.get(name, kind)
-    except UnknownModelError as error:
-        raise ApiError(422, "unknown_model", str(error)) from None
-
-
-def overloaded(settings: Settings, error: OverloadedError) -> ApiError:
-    return ApiError(
-        503,
-        "overloaded",
-        f"the server is at capacity ({error}); retry shortly",
-        {"Retry-After": str(settings.retry_after_s)},
-    )
-
-
-def timed_out(settings: Settings) -> ApiError:
-    return ApiError(
-        503,
-        "timeout",
-        f"inference did not finish within {settings.request_timeout_s:g} s",
-        {"Retry-After": str(settings.retry_after_s)},
-    )
+_IMAGE_BODY = upload_body("image", ("image/png", "image/jpeg"))
 
 
 def _decode(data: bytes, max_pixels: int):
@@ -117,7 +62,7 @@ def _decode(data: bytes, max_pixels: int):
                 },
             },
         },
-        **_ERRORS,
+        **ERROR_RESPONSES,
     },
     openapi_extra=_IMAGE_BODY,
 )
@@ -130,7 +75,7 @@ async def segment_image(
         Literal["png", "overlay", "json"],
         Query(description="png: single-band mask, pixel = class id; overlay: blended image"),
     ] = "png",
-    alpha: Annotated[float, Query(ge=0.0, le=1.0, description="overlay opacity")] = 0.5,
+    alpha: OverlayAlpha = 0.5,
     format: Annotated[Literal["png", "jpeg"], Query(description="overlay encoding")] = "png",
     rle: Annotated[bool, Query(description="json: add COCO RLE per class")] = False,
 ) -> Response:
@@ -139,23 +84,14 @@ async def segment_image(
     image's width and height."""
     served = served_model(registry, model, "image")
     assert served.batcher is not None  # image models always have one
+    # The body is read before a full queue is refused: answering mid-upload would reset the
+    # connection of a client still sending.
     upload = await read_upload(request, "image", settings.max_image_bytes)
-    # Refused before decoding, so a refusal costs next to nothing under load. (The body is
-    # read first: answering mid-upload would reset the connection of a client still sending.)
-    if not served.batcher.has_room():
-        raise overloaded(settings, OverloadedError("the queue is full"))
+    refuse_if_full(served.batcher, settings)
     check_media_type(upload.media_type, IMAGE_MEDIA_TYPES, "an image")
     rgb = await run_in_threadpool(_decode, upload.data, settings.max_pixels)
     prepared = await run_in_threadpool(prepare_image, rgb, settings.max_side)
-    try:
-        future = served.batcher.submit(prepared.pixels)
-    except OverloadedError as error:
-        raise overloaded(settings, error) from None
-    try:
-        result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
-    except TimeoutError:
-        future.cancel()
-        raise timed_out(settings) from None
+    result = await run_queued(served.batcher, prepared.pixels, settings)
     inference_ms = result.seconds * 1e3
     info = served.info
 
