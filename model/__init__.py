@@ -12,7 +12,9 @@ Typical use::
 from model.ccnet import CCNet, CCNet3D
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.convert import convert_checkpoint
-from model.zoo import ModelConfig, Normalization, build_model, get_config, list_models
+from model.model_config import ModelConfig, Normalization
+from model.resize import resize_logits
+from model.zoo import build_model, get_config, list_models
 
 __all__ = [
     "CCNet",
@@ -24,5 +26,6 @@ __all__ = [
     "get_config",
     "list_models",
     "load_checkpoint",
+    "resize_logits",
     "save_checkpoint",
 ]

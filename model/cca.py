@@ -5,18 +5,20 @@ query/key/value projections and a learnable residual scale. The parameter names
 (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) are those of the official CCNet code
 and of mmcv/mmsegmentation, so their weights load at this level without renaming.
 
-The 3D variant (``model.cca3d``) shares the dispatcher and the block defined here.
+The 3D variant (``model.cca3d``) shares the dispatcher and the block defined here. The
+implementation (``model.config``) is resolved once per call: by the op for a bare call, by the
+block for a block's call (it needs the answer before its projections run, for their layout).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from model._axial import (
+from model.axial import (
     attention_block_forward,
     axial_attention_fast,
     axial_attention_reference,
@@ -24,14 +26,33 @@ from model._axial import (
 )
 from model.config import cuda_op, resolve_cca_implementation
 
-__all__ = ["CrissCrossAttention", "criss_cross_attention"]
+__all__ = ["AxialAttentionBlock", "CrissCrossAttention", "criss_cross_attention"]
+
+Implementation = Literal["reference", "fast", "cuda"]
 
 
-def run_axial_attention(q: Tensor, k: Tensor, v: Tensor, spatial_dims: int, op: str) -> Tensor:
-    """Validate the operands and run the implementation ``model.config`` selects for them."""
+def run_axial_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spatial_dims: int,
+    op: str,
+    implementation: Implementation | None = None,
+) -> Tensor:
+    """Validate the operands and run ``implementation`` (default: what ``model.config`` picks).
+
+    Args:
+        q: queries (B, Cq, *spatial).
+        k: keys (B, Cq, *spatial).
+        v: values (B, C, *spatial).
+        spatial_dims: 2 or 3.
+        op: the public op's name, for error messages.
+        implementation: already resolved by the caller (a block), or None to resolve here.
+    """
     if not torch.jit.is_tracing():
         check_axial_inputs(q, k, v, spatial_dims=spatial_dims, op=op)
-    implementation = resolve_cca_implementation(q, k, v)
+    if implementation is None:
+        implementation = resolve_cca_implementation(q, k, v)
     if implementation == "cuda":
         return cuda_op(spatial_dims)(q, k, v)
     if implementation == "fast":
@@ -65,9 +86,10 @@ class AxialAttentionBlock(nn.Module):
         in_channels: channels of the input; queries and keys use ``in_channels // 8``.
     """
 
-    # set by each dimensionality: the projection conv type and the attention op
+    # set by each dimensionality: the projection conv type, the public op and its rank
     conv: ClassVar[type[nn.Conv2d] | type[nn.Conv3d]]
     op: ClassVar[Callable[[Tensor, Tensor, Tensor], Tensor]]
+    spatial_dims: ClassVar[int]
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
@@ -81,8 +103,17 @@ class AxialAttentionBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
+        # Resolved once, from what q, k, v will be: x's device and dtype (autocast applied by
+        # the resolver) and whether autograd will track them (x or the projection weights).
+        implementation = resolve_cca_implementation(x, *self.parameters())
+        name, dims = self.op.__name__, self.spatial_dims
+
+        def op(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return run_axial_attention(q, k, v, dims, name, implementation)
+
         projections = (self.query_conv, self.key_conv, self.value_conv)
-        return attention_block_forward(x, projections, self.gamma, self.op)
+        channels_last = implementation == "fast" and not torch.is_grad_enabled()
+        return attention_block_forward(x, projections, self.gamma, op, channels_last=channels_last)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}"
@@ -93,3 +124,4 @@ class CrissCrossAttention(AxialAttentionBlock):
 
     conv = nn.Conv2d
     op = staticmethod(criss_cross_attention)
+    spatial_dims = 2

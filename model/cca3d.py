@@ -37,3 +37,4 @@ class CrissCrossAttention3d(AxialAttentionBlock):
 
     conv = nn.Conv3d
     op = staticmethod(criss_cross_attention_3d)
+    spatial_dims = 3

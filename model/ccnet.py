@@ -9,26 +9,20 @@ head); both are upsampled to the input size, so one loss function fits both.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.backbones.resnet import ActLayer, DilatedResNet, NormLayer
 from model.cca import CrissCrossAttention
 from model.cca3d import CrissCrossAttention3d
 from model.heads import AttentionLayer, FCNHead, RCCAHead, batch_to_frames, frames_to_batch
-
-if TYPE_CHECKING:
-    from model.zoo import ModelConfig
+from model.model_config import ModelConfig
+from model.resize import resize_logits
 
 __all__ = ["CCNet", "CCNet3D"]
 
 _RELU: ActLayer = partial(nn.ReLU, inplace=True)
-
-
-def _resize(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class CCNet(nn.Module):
@@ -48,6 +42,8 @@ class CCNet(nn.Module):
         norm_layer: normalisation factory for both heads.
         act_layer: activation factory for both heads.
         dropout: Dropout2d probability before each classifier.
+        align_corners: grid of the final bilinear upsampling (``model.resize``); True for the
+            official CCNet's weights, False for ours.
 
     Attributes:
         config: the ``ModelConfig`` it was built from (set by ``build_model``), else None.
@@ -69,11 +65,13 @@ class CCNet(nn.Module):
         norm_layer: NormLayer = nn.BatchNorm2d,
         act_layer: ActLayer = _RELU,
         dropout: float = 0.1,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.align_corners = align_corners
         self.config: ModelConfig | None = None
         self.backbone = backbone
         self.head = RCCAHead(
@@ -108,6 +106,10 @@ class CCNet(nn.Module):
     def recurrence(self, value: int) -> None:
         self.head.recurrence = value
 
+    def resize_logits(self, logits: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
+        """``model.resize.resize_logits`` with this model's ``align_corners``."""
+        return resize_logits(logits, size, self.align_corners)
+
     def forward(self, x: Tensor, *, return_context: bool = False) -> Tensor | dict[str, Tensor]:
         """(B, 3, H, W) -> logits (B, K, H, W); in training mode ``{"out", "aux"}``.
 
@@ -122,12 +124,12 @@ class CCNet(nn.Module):
         size = x.shape[-2:]
         features = self.backbone(x)
         logits, context = self.head.forward_with_context(features["layer4"])
-        out = _resize(logits, size)
+        out = self.resize_logits(logits, size)
         if not self.training and not return_context:
             return out
         result = {"out": out}
         if self.training and self.aux_head is not None:
-            result["aux"] = _resize(self.aux_head(features["layer3"]), size)
+            result["aux"] = self.resize_logits(self.aux_head(features["layer3"]), size)
         if return_context:
             result["context"] = context
         return result
@@ -155,12 +157,12 @@ class CCNet3D(CCNet):
         features = self.backbone(frames_to_batch(x))  # per frame: (B·T, C, h, w)
         # (B, K, T, h, w) and (B, inter, T, h, w)
         logits, context = self.head.forward_with_context(batch_to_frames(features["layer4"], batch))
-        out = batch_to_frames(_resize(frames_to_batch(logits), size), batch)
+        out = self.resize_logits(logits, size)  # per frame
         if not self.training and not return_context:
             return out
         result = {"out": out}
         if self.training and self.aux_head is not None:
-            aux = _resize(self.aux_head(features["layer3"]), size)
+            aux = self.resize_logits(self.aux_head(features["layer3"]), size)
             result["aux"] = batch_to_frames(aux, batch)
         if return_context:
             result["context"] = context

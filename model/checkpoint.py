@@ -32,7 +32,8 @@ from torch import Tensor
 
 from model.ccnet import CCNet, CCNet3D
 from model.files import save_torch_atomic
-from model.zoo import ModelConfig, Normalization, build_model
+from model.model_config import ModelConfig, Normalization
+from model.zoo import build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -131,8 +132,9 @@ def complete_meta(model: CCNet, meta: Mapping[str, Any] | None = None) -> dict[s
     wins and is written into the config too, so the two never disagree.
 
     Raises:
-        ValueError: the config is unknown or disagrees with the model, a list has the wrong
-            length, a colour is not three ints in 0..255, or a value is not plain data.
+        ValueError: the config is unknown or disagrees with the model (classes, video,
+            ``align_corners``, weight shapes), a list has the wrong length, a colour is not
+            three ints in 0..255, or a value is not plain data.
     """
     meta = dict(meta or {})
     if isinstance(meta.get("config"), ModelConfig):
@@ -160,6 +162,11 @@ def complete_meta(model: CCNet, meta: Mapping[str, Any] | None = None) -> dict[s
         )
     if config.video != isinstance(model, CCNet3D):
         raise ValueError(f"meta config video={config.video} does not match the model")
+    if config.align_corners != model.align_corners:
+        raise ValueError(
+            f"meta config align_corners={config.align_corners} but the model upsamples with "
+            f"align_corners={model.align_corners}"
+        )
     with torch.device("meta"):  # shapes only: catches a config that would not load these weights
         expected = build_model(config).state_dict()
     mismatch = _state_mismatch(expected, model.state_dict())

@@ -120,13 +120,30 @@ def cuda_op(spatial_dims: int) -> Op:
         ) from None
 
 
+def _operand_dtype(t: Tensor) -> torch.dtype:
+    """The dtype ``t`` has as an operand under the current autocast state of its device."""
+    device = t.device.type
+    if (
+        t.dtype == torch.float32
+        and torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+    ):
+        return torch.get_autocast_dtype(device)
+    return t.dtype
+
+
 def resolve_cca_implementation(
     *tensors: Tensor,
 ) -> Literal["reference", "fast", "cuda"]:
     """The concrete implementation to run now for ``tensors`` (``auto`` resolved).
 
+    The one place the choice is made; each call of the op or of a block asks once.
+
     The CUDA kernels compute the forward pass only, in float32 and float16, so ``auto`` picks
-    them only for such CUDA tensors when autograd is not recording them.
+    them only for such CUDA tensors when autograd is not recording them. ``tensors`` are the
+    op's operands, or a block's input and parameters (what its q, k, v are made from): a
+    float32 tensor counts in the autocast dtype while autocast is on, as the projections would
+    produce it, and any tensor that requires a gradient makes the operands require one.
     """
     if _in_graph_capture():
         return "reference"
@@ -135,7 +152,7 @@ def resolve_cca_implementation(
     if (
         _cuda_ops
         and tensors
-        and all(t.is_cuda and t.dtype in _CUDA_KERNEL_DTYPES for t in tensors)
+        and all(t.is_cuda and _operand_dtype(t) in _CUDA_KERNEL_DTYPES for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     ):
         return "cuda"

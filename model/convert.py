@@ -5,20 +5,40 @@ off the tensors (block type and depth from the layer counts, widths, classes, he
 channels), builds the *matching* network (flavour-specific stem, dilation rule, head activation,
 auxiliary conv bias), then maps every tensor by a fixed renaming (``peer_key_map``). It is
 strict: every source tensor must be used and every parameter and buffer filled, with equal
-shapes, or a ValueError names the keys. Dilation, output stride and recurrence leave no trace in
-the weights; both peers use output stride 8 and recurrence 2, which is what we build.
+shapes, or a ValueError names the keys.
+
+"Converted" means the same logits at input size as the peer's own code under its own
+conventions, which takes three things the key names do not say:
+
+InPlaceABN's scale (official only)
+    Every norm of the official network (backbone, head and auxiliary head) is an InPlaceABN,
+    which scales by ``abs(weight) + eps`` rather than ``weight``, in eval as in training. The
+    converter folds that into our BatchNorm's weight, so a negative weight (common after
+    training) keeps its official meaning. mmseg's BatchNorms are plain and copied as they are.
+``align_corners`` of the final upsampling
+    The official evaluation and criterion upsample with ``align_corners=True``; mmseg takes it
+    from its config (``True`` in its 769×769 Cityscapes configs). An mmseg checkpoint's embedded
+    config (``meta["config"]`` in 0.x, ``meta["cfg"]`` in 1.x, as text or dict) is read for the
+    decode head's value; without one the caller says (default False). It goes into the config.
+Recurrence
+    Dilation, output stride and recurrence leave no trace in the weights. Both peers use output
+    stride 8; the official repository released R=1 and R=2 models, so R is an argument
+    (default 2, or what an mmseg checkpoint's config says).
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.backbones.resnet import DEPTHS
 from model.ccnet import CCNet
@@ -29,9 +49,25 @@ from model.checkpoint import (
     load_plain,
     save_checkpoint,
 )
-from model.zoo import MMSEG_NORMALIZATION, OFFICIAL_NORMALIZATION, ModelConfig, build_model
+from model.model_config import MMSEG_NORMALIZATION, OFFICIAL_NORMALIZATION, ModelConfig
+from model.zoo import build_model
 
-__all__ = ["PeerFlavour", "convert_checkpoint", "infer_config", "peer_key_map"]
+__all__ = [
+    "INPLACE_ABN_EPS",
+    "PeerFlavour",
+    "convert_checkpoint",
+    "fold_inplace_abn",
+    "infer_config",
+    "mmseg_config_value",
+    "peer_key_map",
+]
+
+# InPlaceABN's default eps (mapillary/inplace_abn and the official repository's vendored copy);
+# the official network never overrides it, and a state dict does not record it.
+INPLACE_ABN_EPS = 1e-5
+# Conventions of the peers' own code where a checkpoint does not say otherwise.
+_PEER_ALIGN_CORNERS = {"official": True, "mmseg": False}
+_DEFAULT_RECURRENCE = 2
 
 PeerFlavour = Literal["official", "mmseg"]
 PathLike = str | os.PathLike[str]
@@ -231,6 +267,149 @@ def _map_state(
     return mapped
 
 
+def fold_inplace_abn(
+    model: nn.Module, state: Mapping[str, Tensor], eps: float = INPLACE_ABN_EPS
+) -> dict[str, Tensor]:
+    """``state`` with every norm weight replaced by the scale InPlaceABN applies with it.
+
+    InPlaceABN normalises like BatchNorm but multiplies by ``abs(weight) + eps`` (it keeps the
+    scale positive so the activation can be inverted in place), in eval as in training. Our
+    BatchNorm multiplies by its weight, so storing ``abs(weight) + eps`` there computes exactly
+    what the official network computes. Applied to every ``BatchNorm2d`` of ``model``: in the
+    official network every norm is an InPlaceABN (with an identity activation in the backbone).
+
+    Args:
+        model: our network (names which state keys are norm weights).
+        state: our state dict, peer values already mapped onto our names.
+        eps: InPlaceABN's eps (its default unless the peer network was built otherwise).
+    """
+    if not eps >= 0:
+        raise ValueError(f"InPlaceABN eps must be >= 0, got {eps}")
+    folded = dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and module.affine:
+            key = f"{name}.weight"
+            folded[key] = state[key].abs() + eps
+    return folded
+
+
+def _embedded_config(payload: object) -> object | None:
+    """The training config an mmseg checkpoint embeds: text (pretty_text) or dict, else None."""
+    meta = payload.get("meta") if isinstance(payload, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return None
+    for key in ("config", "cfg"):  # mmseg 0.x, mmengine-based 1.x
+        value = meta.get(key)
+        if isinstance(value, str | Mapping):
+            return value
+    return None
+
+
+def _value_in_ast(node: ast.AST, section: str, field: str) -> object | None:
+    """``section=dict(field=VALUE)`` or ``{"section": {"field": VALUE}}`` in a parsed config."""
+    for item in ast.walk(node):
+        if isinstance(item, ast.keyword) and item.arg == section:
+            body = item.value
+        elif isinstance(item, ast.Dict):
+            body = next(
+                (
+                    v
+                    for k, v in zip(item.keys, item.values, strict=True)
+                    if isinstance(k, ast.Constant) and k.value == section
+                ),
+                None,
+            )
+            if body is None:
+                continue
+        else:
+            continue
+        pairs: list[tuple[object, ast.AST]] = []
+        if isinstance(body, ast.Call):
+            pairs = [(kw.arg, kw.value) for kw in body.keywords]
+        elif isinstance(body, ast.Dict):
+            pairs = [
+                (k.value, v)
+                for k, v in zip(body.keys, body.values, strict=True)
+                if isinstance(k, ast.Constant)
+            ]
+        for name, value in pairs:
+            if name == field and isinstance(value, ast.Constant):
+                return value.value
+    return None
+
+
+def _value_in_text(text: str, section: str, field: str) -> object | None:
+    """Fallback for config text that does not parse: the field inside the section's brackets."""
+    start = re.search(rf"""["']?{section}["']?\s*[=:]\s*(?:dict\(|\{{)""", text)
+    if start is None:
+        return None
+    depth, end = 1, start.end()
+    while end < len(text) and depth:
+        depth += {"(": 1, "{": 1, ")": -1, "}": -1}.get(text[end], 0)
+        end += 1
+    found = re.search(
+        rf"""["']?{field}["']?\s*[=:]\s*(True|False|true|false|\d+)""", text[start.end() : end]
+    )
+    if found is None:
+        return None
+    token = found.group(1)
+    return token.lower() == "true" if token.lower() in ("true", "false") else int(token)
+
+
+def mmseg_config_value(config: object, field: str, section: str = "decode_head") -> object | None:
+    """A decode-head setting from an mmseg checkpoint's embedded config, or None if absent.
+
+    The config is read as data, never executed: a dict is looked up, text (mmseg's
+    ``pretty_text``, Python syntax) is parsed with ``ast``, with a bracket scan for text that
+    does not parse.
+
+    Args:
+        config: ``meta["config"]`` / ``meta["cfg"]`` of the checkpoint.
+        field: e.g. ``"align_corners"`` or ``"recurrence"``.
+        section: the config section holding it.
+    """
+    if isinstance(config, Mapping):
+        model_cfg = config.get("model", config)
+        head = model_cfg.get(section) if isinstance(model_cfg, Mapping) else None
+        return head.get(field) if isinstance(head, Mapping) else None
+    if not isinstance(config, str):
+        return None
+    try:
+        tree = ast.parse(config)
+    except (SyntaxError, ValueError):
+        return _value_in_text(config, section, field)
+    return _value_in_ast(tree, section, field)
+
+
+def _setting(
+    name: str,
+    requested: object | None,
+    recorded: object | None,
+    default: object,
+    origin: str,
+    kind: type,
+    recorded_by: str = "the checkpoint's own config",
+) -> tuple[object, str]:
+    """Pick a conversion setting: what the checkpoint records wins, else the caller's, else the
+    peer's default. A request that contradicts the record is an error, not silently dropped.
+
+    Returns:
+        ``(value, where it came from)`` for the provenance.
+    """
+    if recorded is not None:
+        if not isinstance(recorded, kind) or isinstance(recorded, bool) != (kind is bool):
+            raise ValueError(f"{origin}: the embedded config has {name}={recorded!r}")
+        if requested is not None and requested != recorded:
+            raise ValueError(
+                f"{origin}: {name}={requested!r} was asked for but {recorded_by} says "
+                f"{name}={recorded!r}"
+            )
+        return recorded, "checkpoint config"
+    if requested is not None:
+        return requested, "requested"
+    return default, "peer default"
+
+
 def _peer_classes(payload: object, num_classes: int) -> tuple[list[str] | None, list | None]:
     """Class names and palette an mmseg checkpoint records in its meta (0.x or 1.x layout)."""
     meta = payload.get("meta") if isinstance(payload, Mapping) else None
@@ -254,6 +433,9 @@ def convert_checkpoint(
     dst: PathLike | None = None,
     *,
     classes: Sequence[str] | None = None,
+    recurrence: int | None = None,
+    align_corners: bool | None = None,
+    abn_eps: float = INPLACE_ABN_EPS,
 ) -> tuple[CCNet, dict[str, Any]]:
     """Convert a peer checkpoint into our model (and our checkpoint file if ``dst`` is given).
 
@@ -263,15 +445,24 @@ def convert_checkpoint(
         dst: where to write our checkpoint (atomically), or None.
         classes: class names; default the ones an mmseg checkpoint records, else Cityscapes'
             19 names for 19 outputs, else ``class_0`` …
+        recurrence: attention passes R the peer model was trained with; default what an mmseg
+            checkpoint's config records, else 2 (the official R=1 release needs 1 here).
+        align_corners: the final upsampling's grid; default the peer's convention (official:
+            True; mmseg: the checkpoint's config, else False). A value that contradicts the
+            checkpoint's config or the official code is an error.
+        abn_eps: InPlaceABN's eps, folded into the official norms' scale (module docstring).
 
     Returns:
         ``(model, meta)``: the converted model in eval mode and its complete metadata.
 
     Raises:
         FileNotFoundError: ``src`` does not exist.
-        ValueError: unreadable file, unknown layout, or any key or shape that does not map.
+        ValueError: unreadable file, unknown layout, any key or shape that does not map, or a
+            setting that contradicts the checkpoint.
     """
     _check_flavour(flavour)
+    if recurrence is not None and (isinstance(recurrence, bool) or recurrence < 1):
+        raise ValueError(f"recurrence must be an integer >= 1, got {recurrence!r}")
     if isinstance(src, Mapping):
         payload: object = src
         origin = f"{flavour} state dict"
@@ -279,11 +470,36 @@ def convert_checkpoint(
         origin = str(src)
         payload = load_plain(src)
     state = _unwrap(payload, origin)
-    config = infer_config(state, flavour)
+    embedded = _embedded_config(payload) if flavour == "mmseg" else None
+    recorded_ac = mmseg_config_value(embedded, "align_corners") if embedded is not None else None
+    recorded_r = mmseg_config_value(embedded, "recurrence") if embedded is not None else None
+    recorded_by = "the checkpoint's own config"
+    if flavour == "official":
+        recorded_ac = True  # the official evaluation and criterion hard-code it
+        recorded_by = "the official CCNet code"
+    corners, corners_from = _setting(
+        "align_corners",
+        align_corners,
+        recorded_ac,
+        _PEER_ALIGN_CORNERS[flavour],
+        origin,
+        bool,
+        recorded_by,
+    )
+    passes, passes_from = _setting(
+        "recurrence", recurrence, recorded_r, _DEFAULT_RECURRENCE, origin, int
+    )
+    if flavour == "official":
+        corners_from = "official convention"
+    config = dataclasses.replace(
+        infer_config(state, flavour), recurrence=passes, align_corners=corners
+    )
     model = build_model(config)
     target = model.state_dict()
     key_map = {key: _peer_key(key, flavour) for key in target}  # = peer_key_map(config)
     mapped = _map_state(state, key_map, target, origin)
+    if flavour == "official":
+        mapped = fold_inplace_abn(model, mapped, abn_eps)
     model.load_state_dict(mapped, strict=True)
     model.eval()
 
@@ -298,6 +514,13 @@ def convert_checkpoint(
             "source": f"{flavour} CCNet checkpoint",
             "source_file": None if isinstance(src, Mapping) else Path(src).name,
             "converted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "peer_conventions": {
+                "align_corners": corners_from,
+                "recurrence": passes_from,
+                "inplace_abn_scale": (
+                    f"abs(weight) + {abn_eps:g} folded" if flavour == "official" else None
+                ),
+            },
         },
     }
     meta = save_checkpoint(model, meta, dst) if dst is not None else complete_meta(model, meta)

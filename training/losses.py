@@ -2,6 +2,13 @@
 
 All losses take logits ``(B, K, H, W)`` or, for clips, ``(B, K, T, H, W)`` with targets of the
 same layout minus K (255 = ignore), and compute in float32 whatever the autocast dtype.
+``SegmentationLoss`` also accepts logits at a coarser size (the peers' networks return 1/8):
+they are upsampled to the target with ``model.resize_logits`` and the model's
+``align_corners``, as the official criterion does.
+
+Auxiliary loss, as the official criterion (``CriterionOhemDSN``): with ``criterion="ohem"`` the
+main output gets OHEM and the auxiliary output plain cross-entropy, weighted 0.4; mining the
+auxiliary output as well (``aux_ohem=True``) is an option, not the default.
 
 Category-consistent loss (CCNet, TPAMI 2020, Sec. 3.4). The RCCA output is projected by a 1×1
 conv to 16 dims; within each sample, with ``μ_c`` the mean embedding of class c (over the
@@ -26,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model import resize_logits
 from training.datasets.index import IGNORE_INDEX
 
 __all__ = [
@@ -94,13 +102,15 @@ def _ce(logits: Tensor, target: Tensor) -> Tensor:
 
 
 class SegmentationLoss(nn.Module):
-    """Main loss on ``out`` plus ``aux_weight`` × the same loss on ``aux`` (if the model has it).
+    """Main loss on ``out`` plus ``aux_weight`` × the auxiliary loss on ``aux`` (if present).
 
     Args:
-        criterion: ``"ce"`` (cross-entropy) or ``"ohem"``.
+        criterion: ``"ce"`` (cross-entropy) or ``"ohem"`` for the main output.
         aux_weight: weight of the auxiliary head's loss (0.4, as in CCNet and PSPNet).
         ohem_threshold: see ``OhemCrossEntropy``.
         ohem_min_kept: see ``OhemCrossEntropy``.
+        aux_ohem: with ``"ohem"``, mine the auxiliary output too; by default it gets plain
+            cross-entropy, as in the official criterion.
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class SegmentationLoss(nn.Module):
         aux_weight: float = 0.4,
         ohem_threshold: float = 0.7,
         ohem_min_kept: int = 100_000,
+        aux_ohem: bool = False,
     ) -> None:
         super().__init__()
         if criterion not in ("ce", "ohem"):
@@ -118,19 +129,33 @@ class SegmentationLoss(nn.Module):
             OhemCrossEntropy(ohem_threshold, ohem_min_kept) if criterion == "ohem" else None
         )
         self.aux_weight = aux_weight
+        self.aux_ohem = aux_ohem
 
-    def _one(self, logits: Tensor, target: Tensor) -> Tensor:
-        return self.criterion(logits, target) if self.criterion is not None else _ce(logits, target)
+    def forward(
+        self, outputs: dict[str, Tensor], target: Tensor, *, align_corners: bool = False
+    ) -> dict[str, Tensor]:
+        """``{"main", "aux" (if present), "seg" = main + aux_weight·aux}``.
 
-    def forward(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        """``{"main", "aux" (if present), "seg" = main + aux_weight·aux}``."""
-        terms = {"main": self._one(outputs["out"], target)}
+        Args:
+            outputs: ``{"out", "aux"?}`` logits, at the target's size or coarser.
+            target: class ids (255 = ignore).
+            align_corners: the model's grid, for logits that need upsampling to the target.
+        """
+        size = target.shape[-2:]
+        main = resize_logits(outputs["out"], size, align_corners)
+        terms = {"main": self._loss(main, target, mine=True)}
         seg = terms["main"]
         if "aux" in outputs and self.aux_weight > 0:
-            terms["aux"] = self._one(outputs["aux"], target)
+            aux = resize_logits(outputs["aux"], size, align_corners)
+            terms["aux"] = self._loss(aux, target, mine=self.aux_ohem)
             seg = seg + self.aux_weight * terms["aux"]
         terms["seg"] = seg
         return terms
+
+    def _loss(self, logits: Tensor, target: Tensor, *, mine: bool) -> Tensor:
+        if mine and self.criterion is not None:
+            return self.criterion(logits, target)
+        return _ce(logits, target)
 
 
 # --------------------------------------------------------------------------- category consistent

@@ -41,7 +41,7 @@ class TrainingObjective(nn.Module):
         outputs = self.model(images, return_context=self.category_consistent is not None)
         with torch.autocast(images.device.type, enabled=False):
             outputs = {name: value.float() for name, value in outputs.items()}
-            terms = self.segmentation(outputs, target)
+            terms = self.segmentation(outputs, target, align_corners=self.model.align_corners)
             total = terms["seg"]
             if self.category_consistent is not None:
                 cc = self.category_consistent(outputs["context"], target)

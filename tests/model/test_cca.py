@@ -382,3 +382,32 @@ def test_registered_cuda_implementation_is_dispatched_and_explicit_choice_fails_
     finally:
         config._cuda_ops.clear()
         config._cuda_ops.update(saved)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("block_cls", [CrissCrossAttention, CrissCrossAttention3d])
+def test_a_block_call_resolves_the_implementation_once(
+    monkeypatch: pytest.MonkeyPatch, block_cls: type, grad: bool
+) -> None:
+    """One decision per call, shared by the layout choice and the op (it used to be made twice)."""
+    import model.cca as cca_module
+    from model import config
+
+    seen: list[str] = []
+    real = config.resolve_cca_implementation
+
+    def counting(*tensors: torch.Tensor) -> str:
+        seen.append(real(*tensors))
+        return seen[-1]
+
+    monkeypatch.setattr(cca_module, "resolve_cca_implementation", counting)
+    block = block_cls(16)
+    with torch.no_grad():
+        block.gamma.fill_(0.5)
+    x = torch.randn((1, 16, 2, 5, 6) if block_cls is CrissCrossAttention3d else (1, 16, 5, 6))
+    with torch.set_grad_enabled(grad):
+        out = block(x)
+    assert seen == ["fast"], seen
+    with cca_implementation("reference"), torch.no_grad():
+        expected = block(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

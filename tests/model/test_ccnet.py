@@ -336,3 +336,45 @@ def test_return_context_exposes_the_rcca_output(name: str) -> None:
     assert torch.allclose(result["context"], expected, atol=1e-6)
     train_result = model.train()(x, return_context=True)
     assert set(train_result) == {"out", "aux", "context"}
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("video", [False, True])
+def test_forward_upsamples_on_the_configured_grid(align_corners: bool, video: bool) -> None:
+    """Logits and aux logits at input size are the head outputs resized with the config's grid."""
+    torch.manual_seed(0)
+    config = _tiny(align_corners=align_corners, video=video, clip_length=2 if video else 1)
+    model = _with_gamma(build_model(config, num_classes=3), 0.5).eval()
+    assert model.align_corners is align_corners
+    shape = (1, 3, 2, 37, 45) if video else (1, 3, 37, 45)
+    x = torch.randn(shape)
+
+    def up(t: torch.Tensor) -> torch.Tensor:  # independent of model.resize: per frame by hand
+        if t.dim() == 5:
+            frames = [up(t[:, :, i]) for i in range(t.shape[2])]
+            return torch.stack(frames, dim=2)
+        return torch.nn.functional.interpolate(
+            t, size=(37, 45), mode="bilinear", align_corners=align_corners
+        )
+
+    with torch.no_grad():
+        features = model.backbone(frames_to_batch(x) if video else x)
+        top = batch_to_frames(features["layer4"], 1) if video else features["layer4"]
+        torch.testing.assert_close(model(x), up(model.head(top)), rtol=1e-5, atol=1e-5)
+        # training mode (batch statistics, dropout off so it is deterministic): aux too
+        model.head.dropout.p = model.aux_head.dropout.p = 0.0
+        model.train()
+        outputs = model(x)
+        features = model.backbone(frames_to_batch(x) if video else x)
+        aux = model.aux_head(features["layer3"])
+        expected_aux = up(batch_to_frames(aux, 1)) if video else up(aux)
+    torch.testing.assert_close(outputs["aux"], expected_aux, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_logits_is_a_noop_at_size_and_rejects_other_ranks() -> None:
+    from model import resize_logits
+
+    x = torch.randn(1, 2, 5, 7)
+    assert resize_logits(x, (5, 7), True) is x
+    with pytest.raises(ValueError, match="3-D"):
+        resize_logits(torch.randn(2, 5, 7), (9, 9), False)

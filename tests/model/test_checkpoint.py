@@ -256,3 +256,34 @@ def test_meta_accepts_config_dataclass(tiny: torch.nn.Module) -> None:
     meta = complete_meta(tiny, {"config": tiny.config})
     assert meta["config"] == tiny.config.to_dict()
     assert meta["config"]["name"] == get_config("ccnet-tiny").name
+
+
+def test_align_corners_is_recorded_and_old_checkpoints_load_as_false(
+    tiny: torch.nn.Module, tmp_path: Path
+) -> None:
+    corner = build_model(
+        dataclasses.replace(get_config("ccnet-tiny"), align_corners=True), num_classes=3
+    )
+    corner.load_state_dict(tiny.state_dict())
+    path = tmp_path / "corner.pt"
+    assert save_checkpoint(corner, META, path)["config"]["align_corners"] is True
+    loaded, _ = load_checkpoint(path)
+    assert loaded.align_corners is True and loaded.config.align_corners is True
+    x = torch.randn(1, 3, 29, 37)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), corner.eval()(x), rtol=0, atol=0)
+        assert not torch.allclose(loaded(x), tiny(x), atol=1e-4)  # the grid changes the logits
+
+    # meta that says otherwise than the model does is refused
+    with pytest.raises(ValueError, match="align_corners=False but the model upsamples"):
+        save_checkpoint(corner, {**META, "config": tiny.config.to_dict()}, tmp_path / "x.pt")
+
+    # a checkpoint written before the field existed: no "align_corners" in its config
+    path = tmp_path / "old.pt"
+    save_checkpoint(tiny, META, path)
+    payload = torch.load(path, weights_only=True)
+    del payload["meta"]["config"]["align_corners"]
+    torch.save(payload, path)
+    old, meta = load_checkpoint(path)
+    assert "align_corners" not in meta["config"]
+    assert old.align_corners is False and old.config.align_corners is False

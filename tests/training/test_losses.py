@@ -161,3 +161,51 @@ def test_segmentation_loss_accepts_clips() -> None:
     target = torch.randint(0, 3, (1, 2, 4, 4))
     terms = SegmentationLoss("ohem", ohem_min_kept=5)({"out": logits}, target)
     assert torch.isfinite(terms["seg"])
+
+
+def _ohem_by_hand(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Mean CE over valid pixels whose true-class probability is <= threshold (min_kept 0)."""
+    ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    valid = target != 255
+    hard = valid & (torch.exp(-ce) <= threshold)
+    return ce[hard].sum() / hard.sum()
+
+
+def test_ohem_mines_the_main_output_only_as_the_official_criterion() -> None:
+    torch.manual_seed(1)
+    out, aux = torch.randn(2, 4, 6, 7), torch.randn(2, 4, 6, 7)
+    target = torch.randint(0, 4, (2, 6, 7))
+    target[1, 2] = 255
+    loss = SegmentationLoss("ohem", ohem_threshold=0.3, ohem_min_kept=0)
+    terms = loss({"out": out, "aux": aux}, target)
+    main = _ohem_by_hand(out, target, 0.3)
+    plain_aux = F.cross_entropy(aux, target, ignore_index=255)
+    assert terms["main"].item() == pytest.approx(main.item(), rel=1e-6)
+    assert terms["aux"].item() == pytest.approx(plain_aux.item(), rel=1e-6)
+    assert terms["seg"].item() == pytest.approx((main + 0.4 * plain_aux).item(), rel=1e-6)
+    # mining both is the option
+    both = SegmentationLoss("ohem", ohem_threshold=0.3, ohem_min_kept=0, aux_ohem=True)
+    mined_aux = _ohem_by_hand(aux, target, 0.3)
+    assert mined_aux.item() != pytest.approx(plain_aux.item(), rel=1e-3)
+    terms = both({"out": out, "aux": aux}, target)
+    assert terms["aux"].item() == pytest.approx(mined_aux.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_coarse_logits_are_upsampled_on_the_model_grid(align_corners: bool) -> None:
+    """1/8 logits (as the peers' networks return) are resized before the loss, with the model's
+    align_corners; the two grids give different losses, so the flag is honoured."""
+    torch.manual_seed(2)
+    coarse, aux = torch.randn(2, 5, 4, 6), torch.randn(2, 5, 4, 6)
+    target = torch.randint(0, 5, (2, 29, 45))
+    terms = SegmentationLoss("ce")({"out": coarse, "aux": aux}, target, align_corners=align_corners)
+
+    def up(x: torch.Tensor, corners: bool) -> torch.Tensor:
+        return F.interpolate(x, size=(29, 45), mode="bilinear", align_corners=corners)
+
+    expected = F.cross_entropy(up(coarse, align_corners), target)
+    other = F.cross_entropy(up(coarse, not align_corners), target)
+    assert terms["main"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["main"].item() != pytest.approx(other.item(), rel=1e-4)
+    auxiliary = F.cross_entropy(up(aux, align_corners), target)
+    assert terms["aux"].item() == pytest.approx(auxiliary.item(), rel=1e-6)

@@ -1,5 +1,10 @@
 """Axial ("criss-cross") attention over N spatial axes: the math shared by the 2D and 3D ops.
 
+This module is public for the code that needs one implementation directly (the exporter's
+custom op, the CUDA extension's input checks, benchmarks, tests); everything else calls
+``model.cca.criss_cross_attention`` / ``model.cca3d.criss_cross_attention_3d``, whose dispatcher
+(``model.cca.run_axial_attention``) picks the implementation. Nothing here chooses one.
+
 Every position attends to all positions that differ from it along exactly one spatial axis,
 plus itself once: for (H, W) that is its column and its row, H + W - 1 keys; for (T, H, W) its
 time line, column and row, T + H + W - 2 keys. The energies of all axes share one softmax.
@@ -31,8 +36,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
-
-from model.config import resolve_cca_implementation
 
 __all__ = [
     "attention_block_forward",
@@ -487,18 +490,21 @@ def attention_block_forward(
     projections: tuple[nn.Module, nn.Module, nn.Module],
     gamma: Tensor,
     op: Callable[[Tensor, Tensor, Tensor], Tensor],
+    *,
+    channels_last: bool = False,
 ) -> Tensor:
-    """``gamma * op(q(x), k(x), v(x)) + x``, laid out for the active implementation.
+    """``gamma * op(q(x), k(x), v(x)) + x``, laid out for the implementation ``op`` runs.
 
-    For inference on the fast path the input is brought to channels-last memory before the 1×1
-    projections: the convolutions are faster there on CPU and q, k, v then arrive in the layout
-    the fast op wants, so it copies nothing; the residual is applied in place on the attention
-    output, which saves two feature-sized temporaries. With autograd the input stays as it is:
-    the convolutions would save the channels-last copy for their backward, one more
-    feature-sized tensor per pass held until the backward.
+    With ``channels_last`` (the caller runs the fast path without autograd) the input is brought
+    to channels-last memory before the 1×1 projections: the convolutions are faster there on CPU
+    and q, k, v then arrive in the layout the fast op wants, so it copies nothing. Without
+    autograd the residual is applied in place on the attention output, which saves two
+    feature-sized temporaries. With autograd the input stays as it is: the convolutions would
+    save the channels-last copy for their backward, one more feature-sized tensor per pass held
+    until the backward.
     """
     grad = torch.is_grad_enabled()
-    if not grad and resolve_cca_implementation() == "fast" and x.dim() in (4, 5):
+    if channels_last and not grad and x.dim() in (4, 5):
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         source = x.contiguous(memory_format=fmt)
     else:
