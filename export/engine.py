@@ -2,10 +2,13 @@
 
 Steps: stop at once, with a clear message, where TensorRT or a CUDA GPU is missing; read the
 ONNX sidecar (input name and rank, dtype, the custom ops); load the plugin library into
-TensorRT's plugin registry and make sure it registers every op the graph uses; parse the ONNX;
-build with one optimisation profile (``--min/--opt/--max``); run the engine on a real photograph
-batch at the ``opt`` shape and compare it with ONNX Runtime; only then write ``engine.plan`` and
-its sidecar ``engine.json`` atomically.
+TensorRT's plugin registry through the process-wide loader (``export.runtime.plugins``: a second
+build in the same process reuses it) and make sure it registers every op the graph uses; parse
+the ONNX; build with one optimisation profile (``--min/--opt/--max``); run the engine on a real
+photograph batch at the ``opt`` shape (``export.runtime.runner.EngineRunner``, the code the
+service runs engines with) and compare it with ONNX Runtime; only then write ``engine.plan`` and
+its sidecar ``engine.json`` (with the SHA-256 of both the engine and the plugin build)
+atomically.
 
 Plugin or standard layers. Each ``ccnet::CrissCrossAttention[3d]`` node carries
 ``plugin_namespace``, so TensorRT's parser imports it as our plugin when one is registered, else
@@ -23,6 +26,7 @@ agreement, with the relative logit error recorded alongside.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -34,6 +38,11 @@ from types import ModuleType
 from typing import Any
 
 from export._progress import Progress, silent, to_stderr
+
+# The runtime side owns these; they stay importable from here for the export commands.
+from export.runtime.availability import require_tensorrt, tensorrt_unavailable_reason
+from export.runtime.plugins import DEFAULT_PLUGIN, PLUGIN_ENV, load_plugin, resolve_plugin
+from export.runtime.sidecar import ENGINE_FORMAT, ENGINE_VERSION
 
 __all__ = [
     "DEFAULT_PLUGIN",
@@ -49,10 +58,6 @@ __all__ = [
     "tensorrt_unavailable_reason",
 ]
 
-PLUGIN_ENV = "CCNET_TRT_PLUGIN"
-# Where `cmake -S export/tensorrt -B build/trt && cmake --build build/trt` puts the library.
-DEFAULT_PLUGIN = Path(__file__).resolve().parents[1] / "build" / "trt" / "libccnet_trt_plugin.so"
-ENGINE_FORMAT = "ccnet-trt-engine"
 ENGINE_MIN_ARGMAX_AGREEMENT = 0.999
 _SHAPE = re.compile(r"^\d+(x\d+)+$")
 
@@ -116,60 +121,6 @@ def _text(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape))
 
 
-# ---------------------------------------------------------------------------- requirements
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """Why an engine cannot be built here (None when TensorRT and a CUDA GPU are present)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return (
-            "TensorRT is not installed (its Python package `tensorrt`): build engines on a "
-            "machine with an NVIDIA GPU and TensorRT 10+, e.g. the GPU image "
-            "(`docker compose --profile gpu ...`); the ONNX file runs anywhere with ONNX Runtime"
-        )
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return "PyTorch is needed to check the engine"
-    if not torch.cuda.is_available():
-        return (
-            "TensorRT is installed but no CUDA GPU is visible (torch.cuda.is_available() is "
-            "False): an engine is built for, and checked on, the GPU that will run it"
-        )
-    return None
-
-
-def require_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module; ValueError with the reason when it cannot be used here."""
-    reason = tensorrt_unavailable_reason()
-    if reason is not None:
-        raise ValueError(reason)
-    import tensorrt
-
-    return tensorrt
-
-
-def resolve_plugin(path: str | os.PathLike[str] | None) -> Path | None:
-    """The plugin library to load: ``path``, else ``$CCNET_TRT_PLUGIN``, else the CMake build
-    output if it exists, else None (attention then runs as standard layers).
-
-    Raises:
-        FileNotFoundError: an explicitly named library does not exist.
-    """
-    named = path or os.environ.get(PLUGIN_ENV)
-    if named:
-        library = Path(named)
-        if not library.is_file():
-            raise FileNotFoundError(
-                f"plugin library not found: {library} (build it: cmake -S export/tensorrt "
-                "-B build/trt && cmake --build build/trt; see export/tensorrt)"
-            )
-        return library
-    return DEFAULT_PLUGIN if DEFAULT_PLUGIN.is_file() else None
-
-
 # ---------------------------------------------------------------------------- build
 
 
@@ -180,19 +131,6 @@ class EngineBuild:
     engine_path: Path
     sidecar_path: Path
     sidecar: dict[str, Any]
-
-
-def _load_plugin(trt: ModuleType, library: Path, custom_ops: list[dict[str, Any]]) -> None:
-    registry = trt.get_plugin_registry()
-    if registry.load_library(str(library)) is None:
-        raise ValueError(f"{library}: TensorRT could not load this plugin library")
-    find = getattr(registry, "get_creator", None) or registry.get_plugin_creator
-    for op in custom_ops:
-        if find(op["op_type"], op["plugin_version"], op["plugin_namespace"]) is None:
-            raise ValueError(
-                f"{library} does not register plugin {op['op_type']!r} version "
-                f"{op['plugin_version']!r} namespace {op['plugin_namespace']!r}"
-            )
 
 
 def _model_bytes(onnx_path: Path, strip_functions: bool) -> bytes:
@@ -232,62 +170,32 @@ def _plugin_layers(trt: ModuleType, network: Any) -> int:
     return sum(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
-def _run_engine(trt: ModuleType, serialized: Any, batch: Any, logger: Any) -> Any:
-    """Run the engine once on ``batch`` (numpy) on the GPU; returns the first output (numpy)."""
-    import torch
+@dataclass(frozen=True)
+class _Built:
+    """A serialised engine that passed its check on this GPU."""
 
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(serialized)
-    if engine is None:
-        raise ValueError("TensorRT could not deserialize the engine it just built")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if n not in inputs]
-    torch_types = {trt.float32: torch.float32, trt.float16: torch.float16}
-    x = torch.from_numpy(batch).cuda().to(torch_types[engine.get_tensor_dtype(inputs[0])])
-    context.set_input_shape(inputs[0], tuple(x.shape))
-    context.set_tensor_address(inputs[0], x.data_ptr())
-    results = []
-    for name in outputs:
-        shape = tuple(context.get_tensor_shape(name))
-        y = torch.empty(shape, dtype=torch_types[engine.get_tensor_dtype(name)], device="cuda")
-        context.set_tensor_address(name, y.data_ptr())
-        results.append(y)
-    stream = torch.cuda.current_stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ValueError("TensorRT failed to run the engine")
-    stream.synchronize()
-    return results[0].float().cpu().numpy()
+    data: bytes
+    plugin_layers: int
+    check: dict[str, Any]
+    device: str
 
 
-def build_engine(
-    onnx_path: str | os.PathLike[str],
-    output: str | os.PathLike[str],
+def _build_and_check(
+    trt: ModuleType,
+    source: Path,
+    meta: dict[str, Any],
     profile: ShapeProfile,
-    *,
-    plugin: str | os.PathLike[str] | None = None,
-    workspace_gib: float | None = None,
-    progress: Progress | None = to_stderr,
-) -> EngineBuild:
-    """Build, check and write a TensorRT engine for an ONNX written by ``ccnet export onnx``.
-
-    Args:
-        onnx_path: the model (its ``model.json`` sidecar must sit beside it).
-        output: the engine file (``engine.plan``); its sidecar gets the ``.json`` suffix.
-        profile: min/opt/max input shapes.
-        plugin: the plugin library (see ``resolve_plugin`` for the fallbacks).
-        workspace_gib: cap on TensorRT's workspace memory pool.
-        progress: receives progress lines (stderr by default).
+    library: Path | None,
+    workspace_gib: float | None,
+    engine_path: Path,
+    say: Progress,
+) -> _Built:
+    """Parse, build, run on the opt shape and compare with ONNX Runtime (needs the GPU).
 
     Raises:
-        ValueError: no TensorRT or GPU (checked first), a shape that does not fit the model,
-            a plugin that does not load or lacks an op, a parse or build failure, or
-            ``export.parity.ParityError`` when the engine disagrees with ONNX Runtime (nothing
-            is written then).
-        OSError: a missing input or an unwritable output.
+        ValueError: a parse or build failure, a plugin layer count that does not match the
+            attention nodes, or ``ParityError`` when the engine disagrees with ONNX Runtime.
     """
-    trt = require_tensorrt()  # before anything else
     import numpy as np
     import torch
 
@@ -298,26 +206,10 @@ def build_engine(
         onnxruntime_session,
         sample_batch,
     )
-    from export.sidecar import file_sha256, read_sidecar, sidecar_path
-    from model.files import ensure_writable_dir, write_files_atomic
-
-    say = progress or silent
-    source = Path(onnx_path)
-    meta = read_sidecar(source)
-    spec = meta["inputs"][0]
-    if profile.rank != len(spec["shape"]):
-        kind = "clips (N x 3 x T x H x W)" if len(spec["shape"]) == 5 else "images (N x 3 x H x W)"
-        raise ValueError(f"{source} takes {kind}; the profile has {profile.rank} dims")
-    engine_path = Path(output)
-    ensure_writable_dir(engine_path.parent)
-    library = resolve_plugin(plugin)
+    from export.runtime.runner import EngineRunner
 
     logger = trt.Logger(trt.Logger.WARNING)
-    if library is not None:
-        _load_plugin(trt, library, meta["custom_ops"])
-        say(f"plugin: {library}")
-    else:
-        say("no plugin library (--plugin, $CCNET_TRT_PLUGIN): attention runs as standard layers")
+    spec = meta["inputs"][0]
     began = time.perf_counter()
     builder = trt.Builder(logger)
     data = _model_bytes(source, strip_functions=library is not None)
@@ -352,7 +244,7 @@ def build_engine(
     say(f"checking against ONNX Runtime at {_text(profile.opt)}…")
     (expected_logits,) = onnxruntime_session(source.read_bytes()).run(None, {spec["name"]: batch})
     criterion = Criterion(min_argmax_agreement=ENGINE_MIN_ARGMAX_AGREEMENT)
-    actual = _run_engine(trt, serialized, batch, logger)
+    actual = EngineRunner(trt, serialized, label=f"the engine built from {source}").run(batch)
     case = compare_logits(actual, expected_logits, criterion, inputs)
     report = ParityReport(
         candidate=f"TensorRT {trt.__version__} engine on {torch.cuda.get_device_name()}",
@@ -363,16 +255,70 @@ def build_engine(
     say(f"  {'ok' if case.passed else 'FAIL'} {case.describe()}")
     report.raise_if_failed(f"engine for {source}", engine_path)
 
-    data = bytes(serialized)
+    return _Built(bytes(serialized), plugins, report.to_dict(), torch.cuda.get_device_name())
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    profile: ShapeProfile,
+    *,
+    plugin: str | os.PathLike[str] | None = None,
+    workspace_gib: float | None = None,
+    progress: Progress | None = to_stderr,
+) -> EngineBuild:
+    """Build, check and write a TensorRT engine for an ONNX written by ``ccnet export onnx``.
+
+    Args:
+        onnx_path: the model (its ``model.json`` sidecar must sit beside it).
+        output: the engine file (``engine.plan``); its sidecar gets the ``.json`` suffix.
+        profile: min/opt/max input shapes.
+        plugin: the plugin library (see ``resolve_plugin`` for the fallbacks).
+        workspace_gib: cap on TensorRT's workspace memory pool.
+        progress: receives progress lines (stderr by default).
+
+    Raises:
+        ValueError: no TensorRT or GPU (checked first), a shape that does not fit the model,
+            a plugin that does not load or lacks an op, a parse or build failure, or
+            ``export.parity.ParityError`` when the engine disagrees with ONNX Runtime (nothing
+            is written then).
+        OSError: a missing input or an unwritable output.
+    """
+    trt = require_tensorrt()  # before anything else
+    from export.runtime.sidecar import file_sha256, read_sidecar, sidecar_path
+    from model.files import ensure_writable_dir, write_files_atomic
+
+    say = progress or silent
+    source = Path(onnx_path)
+    meta = read_sidecar(source)
+    spec = meta["inputs"][0]
+    if profile.rank != len(spec["shape"]):
+        kind = "clips (N x 3 x T x H x W)" if len(spec["shape"]) == 5 else "images (N x 3 x H x W)"
+        raise ValueError(f"{source} takes {kind}; the profile has {profile.rank} dims")
+    engine_path = Path(output)
+    ensure_writable_dir(engine_path.parent)
+    library = resolve_plugin(plugin)
+
+    plugin_sha = None
+    if library is not None:
+        plugin_sha = load_plugin(library, runtime=trt, required=meta["custom_ops"]).sha256
+        say(f"plugin: {library}")
+    else:
+        say("no plugin library (--plugin, $CCNET_TRT_PLUGIN): attention runs as standard layers")
+    built = _build_and_check(trt, source, meta, profile, library, workspace_gib, engine_path, say)
+    data = built.data
     sidecar = {
         "format": ENGINE_FORMAT,
-        "version": 1,
+        "version": ENGINE_VERSION,
         "engine_file": engine_path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
         "onnx": {"file": str(source), "sha256": file_sha256(source)},
         "tensorrt": trt.__version__,
-        "device": torch.cuda.get_device_name(),
+        "device": built.device,
         "plugin": str(library) if library is not None else None,
-        "plugin_layers": plugins,
+        "plugin_sha256": plugin_sha,
+        "plugin_layers": built.plugin_layers,
+        "custom_ops": meta["custom_ops"] if library is not None else [],
         "dtype": meta["dtype"],
         "profile": {spec["name"]: profile.to_dict()},
         "inputs": meta["inputs"],
@@ -380,7 +326,7 @@ def build_engine(
         "classes": meta["classes"],
         "palette": meta["palette"],
         "input_policy": meta["input_policy"],
-        "check": report.to_dict(),
+        "check": built.check,
         "built": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     side = sidecar_path(engine_path)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from export.onnx_functions import PLUGIN_NAMESPACE, PLUGIN_VERSION, attention_op_schema
 from model import CCNet, CCNet3D, Normalization
-from model._axial import attention_block_forward, axial_attention_reference
+from model.axial import attention_block_forward, axial_attention_reference
 from model.cca import CrissCrossAttention
 from model.cca3d import CrissCrossAttention3d
 

@@ -15,7 +15,7 @@ standard ops, so that
   and strips the functions when it loads the plugin, so older parsers that always preferred the
   local function cannot silently bypass it.
 
-The body mirrors ``model._axial.axial_attention_reference`` for any number of spatial axes: per
+The body mirrors ``model.axial.axial_attention_reference`` for any number of spatial axes: per
 axis a batched MatMul on transposed views, self-loops masked on all but the last axis, one joint
 softmax (computed in float32, as the PyTorch op does for half precision) and a MatMul with the
 values. The self mask is ``Equal(Unsqueeze(Range(L)), Range(L))`` fed to ``Where``: TensorRT

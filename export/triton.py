@@ -4,6 +4,7 @@ Layout written (``REPO/NAME`` is replaced as a whole, atomically)::
 
     REPO/README.md               how to start Triton (and load the plugin for engines)
     REPO/NAME/config.pbtxt       platform, max batch, dynamic batching, inputs/outputs
+    REPO/NAME/labels.txt         the class names, one per line, line i = class id i
     REPO/NAME/1/model.onnx       (or model.plan with --engine)
     REPO/NAME/1/model.json       the sidecar of that file: classes, palette, input policy,
                                  parity (for an engine: its profile, plugin and check)
@@ -12,7 +13,9 @@ Inputs, outputs, names and element types come from the ONNX graph itself; dims a
 with the batch axis left out (Triton adds it when ``max_batch_size > 0``) and -1 for every
 dynamic axis. An ONNX model runs in Triton's onnxruntime backend as is: ONNX Runtime inlines the
 criss-cross attention local function, no plugin needed. An engine needs our TensorRT plugin
-library loaded into the server (``--backend-config=tensorrt,plugins=...`` or ``LD_PRELOAD``).
+library loaded into the server: the library registers its creators as soon as the dynamic
+loader opens it, so Triton's ``--backend-config=tensorrt,plugins=...`` (a plain ``dlopen``
+after TensorRT is loaded) and ``LD_PRELOAD`` both work.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ TRITON_DTYPES = {
     "bool": "TYPE_BOOL",
 }
 _PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan")}
+_LABELS = "labels.txt"  # class names, line i = class id i (Triton's label_filename)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -67,12 +71,16 @@ def _dims(shape: Sequence[int | str], batched: bool) -> list[int]:
     return dims[1:] if batched else dims
 
 
-def _tensor_block(spec: dict[str, Any], batched: bool) -> str:
+def _tensor_block(spec: dict[str, Any], batched: bool, labels: str | None = None) -> str:
     dtype = TRITON_DTYPES.get(spec["dtype"])
     if dtype is None:
         raise ValueError(f"tensor {spec['name']!r}: no Triton type for {spec['dtype']}")
     dims = ", ".join(str(d) for d in _dims(spec["shape"], batched))
-    return f'  {{\n    name: "{spec["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}'
+    label = f'\n    label_filename: "{labels}"' if labels else ""
+    return (
+        f'  {{\n    name: "{spec["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]'
+        f"{label}\n  }}"
+    )
 
 
 def render_config(
@@ -81,8 +89,11 @@ def render_config(
     inputs: Sequence[dict[str, Any]],
     outputs: Sequence[dict[str, Any]],
     max_batch: int,
+    labels: str | None = None,
 ) -> str:
     """``config.pbtxt`` text for a model with the given I/O specs (sidecar ``inputs``/``outputs``).
+
+    ``labels`` names the class-name file of the (first) output, Triton's ``label_filename``.
 
     With ``max_batch > 0`` the leading (batch) axis is Triton's and requests are batched
     dynamically; Triton only batches requests of equal shape, which is the case for a camera
@@ -97,7 +108,9 @@ def render_config(
         ",\n".join(_tensor_block(s, batched) for s in inputs),
         "]",
         "output [",
-        ",\n".join(_tensor_block(s, batched) for s in outputs),
+        ",\n".join(
+            _tensor_block(s, batched, labels if i == 0 else None) for i, s in enumerate(outputs)
+        ),
         "]",
     ]
     if batched:
@@ -141,15 +154,22 @@ ONNX Runtime inlines.
 ## TensorRT engines (`tensorrt_plan`): {", ".join(f"`{e}`" for e in engines)}
 
 The engine calls our plugin, so the server must load `libccnet_trt_plugin.so` (built with
-`cmake -S export/tensorrt -B build/trt && cmake --build build/trt`, against the TensorRT version
-of the Triton image, on the GPU type that will serve; engines are not portable across them):
+`cmake -S export/tensorrt -B build/trt && cmake --build build/trt`, against the TensorRT major
+version of the Triton image; build the engine with that TensorRT on the GPU type that will
+serve, engines are not portable across them). The library registers its plugin creators as
+soon as it is loaded, so Triton's TensorRT backend only has to open it:
 
     tritonserver --model-repository={repo.resolve()} \\
         --backend-config=tensorrt,plugins=/path/to/libccnet_trt_plugin.so
 
-or, equivalently, preload it:
+(several libraries: separate them with `;`). Preloading works too; the library then loads
+`libnvinfer.so.<major>` from the library path itself, as a linked plugin library would:
 
     LD_PRELOAD=/path/to/libccnet_trt_plugin.so tritonserver --model-repository={repo.resolve()}
+
+The creators are registered under the namespace `""` (the ONNX nodes' `plugin_namespace`);
+set `CCNET_TRT_PLUGIN_NAMESPACE` in the server's environment only if the engine was exported
+with another one.
 """
     return text
 
@@ -158,7 +178,7 @@ def _onnx_source(
     source: Path, staging: Path, dtype: str, opset: int | None, say: Progress
 ) -> tuple[Path, Path]:
     """(model.onnx, model.json) for ``source``: an exported ONNX, or a checkpoint exported now."""
-    from export.sidecar import read_sidecar, sidecar_path
+    from export.runtime.sidecar import read_sidecar, sidecar_path
 
     if source.suffix == ".onnx":
         if not source.is_file():
@@ -176,14 +196,13 @@ def _onnx_source(
 
 def _engine_sidecar(engine: Path, onnx_model: Path, max_batch: int) -> dict[str, Any] | None:
     """The engine's sidecar (None if it has none), checked against the ONNX and the batch."""
-    from export.sidecar import file_sha256, sidecar_path
+    from export.runtime.sidecar import file_sha256, read_engine_sidecar, sidecar_path
 
     if not engine.is_file():
         raise FileNotFoundError(f"engine not found: {engine}")
-    side = sidecar_path(engine)
-    if not side.is_file():
-        return None
-    meta = json.loads(side.read_text(encoding="utf-8"))
+    if not sidecar_path(engine).is_file():
+        return None  # an engine from elsewhere (trtexec): nothing to check it against
+    meta = read_engine_sidecar(engine)
     built_from = meta.get("onnx", {}).get("sha256")
     if built_from is not None and built_from != file_sha256(onnx_model):
         raise ValueError(f"{engine} was built from another ONNX file than {onnx_model}")
@@ -227,7 +246,7 @@ def write_triton_repository(
         ValueError: a bad name or batch size, a corrupt checkpoint or sidecar, an engine that
             does not belong to the ONNX or whose profile cannot serve ``max_batch``.
     """
-    from export.sidecar import read_sidecar
+    from export.runtime.sidecar import read_sidecar
     from model.files import ensure_writable_dir, replace_dir, write_files_atomic
 
     if not _NAME.match(name):
@@ -258,7 +277,11 @@ def write_triton_repository(
                     "model.json describes the ONNX it was built from"
                 )
             shutil.copyfile(onnx_sidecar, version / "model.json")
-        config = render_config(name, platform, meta["inputs"], meta["outputs"], max_batch)
+        labels = "".join(f"{label}\n" for label in meta["classes"])
+        (model_dir / _LABELS).write_text(labels, encoding="utf-8")
+        config = render_config(
+            name, platform, meta["inputs"], meta["outputs"], max_batch, labels=_LABELS
+        )
         (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
         replace_dir(model_dir, repo / name)
     finally:

@@ -1,23 +1,31 @@
-"""From a model file and a backend name to a ready ``InferenceBackend``.
+"""From a model file and a backend name to a ready ``InferenceBackend``: loading only.
 
-A checkpoint (``.pt``) runs on any backend: for onnxruntime it is exported once (and checked
-against PyTorch) into the cache directory, keyed by the checkpoint's SHA-256; for tensorrt an
-engine is then built from that export and cached beside it. An ``.onnx`` export runs on
-onnxruntime or tensorrt, an engine (``.engine``/``.plan``) only on tensorrt. When TensorRT
-cannot be used here (no library, GPU or plugin) the loader falls back to onnxruntime and says
-so in the log, so one GPU image serves on any machine.
+A checkpoint (``.pt``) runs on any backend, an ``.onnx`` export on onnxruntime or tensorrt, an
+engine (``.engine``/``.plan``) only on tensorrt. What a backend runs for a checkpoint (its ONNX
+export) or for an export (its engine) is made beforehand by the prepare step
+(``export.prepare.prepare_artifact``, run by ``ccnet serve`` in its parent process before the
+workers start); here it is only looked up in the cache (``export.runtime.artifacts``), so no
+worker ever exports or builds. When TensorRT cannot be used here (no library, GPU, plugin or
+prepared engine) the loader falls back to onnxruntime and says so in the log, so one GPU image
+serves on any machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
-from .base import BackendError, InferenceBackend, ModelInfo
+from export.runtime.artifacts import NotPreparedError, ServeLimits, prepared_onnx
 
-__all__ = ["BACKENDS", "info_from_meta", "load_backend"]
+from ..model_card import training_card
+from .base import BackendError, InferenceBackend, ModelInfo
+from .precision import configure_backend
+from .quantize import cached_int8
+
+__all__ = ["BACKENDS", "backend_for", "effective_backend", "info_from_meta", "load_backend"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _ENGINE_SUFFIXES = (".engine", ".plan")
@@ -34,6 +42,7 @@ def info_from_meta(name: str | None, meta: dict[str, Any], source: Path) -> Mode
         palette=[list(c) for c in meta["palette"]],
         window=int(config.get("clip_length") or 4) if video else None,
         source=str(source),
+        extra={"training": training_card(meta)},  # what it knows: /v1/models, the demo page
     )
 
 
@@ -50,96 +59,65 @@ def _info_from_sidecar(name: str | None, sidecar: dict[str, Any], source: Path) 
     return info
 
 
-def _checksum(path: Path) -> str:
-    from export.sidecar import file_sha256
-
-    return file_sha256(path)[:16]
-
-
-def _cached_onnx(checkpoint: Path, cache_dir: Path) -> Path:
-    """The checkpoint's ONNX export in the cache, exported (and parity-checked) if missing."""
-    from export.onnx import export_onnx
-    from export.sidecar import read_sidecar
-
-    target = cache_dir / "onnx" / f"{checkpoint.stem}-{_checksum(checkpoint)}"
-    onnx_path = target / "model.onnx"
-    if onnx_path.is_file():
-        try:
-            read_sidecar(onnx_path)  # verifies the checksum: a half-written pair is redone
-            return onnx_path
-        except (OSError, ValueError):
-            log.warning("cached export %s is stale or damaged; exporting again", onnx_path)
-    log.info("exporting %s to ONNX in %s (once; cached)", checkpoint, target)
-    return export_onnx(checkpoint, target, progress=lambda line: log.info("%s", line)).model_path
-
-
-def _cached_engine(onnx_path: Path, cache_dir: Path, plugin: Path | None, settings: Any) -> Path:
-    from export.engine import ShapeProfile, build_engine, resolve_plugin
-    from export.sidecar import read_sidecar
-
-    sidecar = read_sidecar(onnx_path)
-    video = len(sidecar["inputs"][0]["shape"]) == 5
-    side = -(-settings.max_video_side // 8) * 8 if video else -(-settings.max_side // 8) * 8
-    batch = 1 if video else settings.max_batch_size
-    frames = int(sidecar.get("model", {}).get("config", {}).get("clip_length") or 4)
-    lead = (batch, 3, frames) if video else (batch, 3)
-    low = (1, 3, 1) if video else (1, 3)
-    profile = ShapeProfile(
-        min=(*low, 8, 8), opt=(*lead, min(side, 512), min(side, 512)), max=(*lead, side, side)
-    )
-    target = cache_dir / "tensorrt" / f"{onnx_path.parent.name}-{_checksum(onnx_path)}"
-    engine = target / f"engine-b{batch}-s{side}.plan"
-    if not engine.is_file():
-        log.info("building a TensorRT engine for %s in %s (once; cached)", onnx_path, engine)
-        build_engine(
-            onnx_path,
-            engine,
-            profile,
-            plugin=resolve_plugin(plugin),
-            progress=lambda line: log.info("%s", line),
-        )
-    return engine
+def _prepared_onnx(path: Path, settings: Any) -> Path:
+    """``path`` itself for an export; a checkpoint's prepared export from the cache."""
+    if path.suffix != ".pt":
+        return path
+    try:
+        return prepared_onnx(path, settings.cache_dir)
+    except NotPreparedError as error:
+        raise BackendError(str(error)) from None
 
 
 def _tensorrt(name: str | None, path: Path, settings: Any) -> InferenceBackend:
-    from export.engine import resolve_plugin
+    from export.runtime.artifacts import engine_key, prepared_engine
+    from export.runtime.availability import require_tensorrt
+    from export.runtime.plugins import resolve_plugin
+    from export.runtime.sidecar import read_engine_sidecar, read_sidecar
 
-    from .tensorrt_backend import TensorRTBackend, read_engine_sidecar
+    from .tensorrt_backend import TensorRTBackend
 
     try:
+        trt = require_tensorrt()
         plugin = resolve_plugin(settings.trt_plugin)
-    except FileNotFoundError as error:
+        if path.suffix not in _ENGINE_SUFFIXES:
+            onnx_path = _prepared_onnx(path, settings)
+            sidecar = read_sidecar(onnx_path)
+            name = name or _info_from_sidecar(None, sidecar, onnx_path).name
+            limits = ServeLimits.from_settings(settings)
+            key = engine_key(sidecar, limits, tensorrt_version=trt.__version__, plugin=plugin)
+            path = prepared_engine(onnx_path, settings.cache_dir, key)
+        sidecar = read_engine_sidecar(path)
+    except (OSError, ValueError) as error:
         raise BackendError(str(error)) from error
-    if path.suffix == ".pt":
-        path = _cached_onnx(path, settings.cache_dir)
-    if path.suffix == ".onnx":
-        from export.sidecar import read_sidecar
-
-        name = name or _info_from_sidecar(None, read_sidecar(path), path).name
-        try:
-            path = _cached_engine(path, settings.cache_dir, plugin, settings)
-        except ValueError as error:
-            raise BackendError(f"cannot build a TensorRT engine: {error}") from error
-    info = _info_from_sidecar(name, read_engine_sidecar(path), path)
-    return TensorRTBackend(info, path, plugin=plugin)
+    info = _info_from_sidecar(name, sidecar, path)
+    return TensorRTBackend(info, path, plugin=plugin, sidecar=sidecar)
 
 
 def _onnxruntime(name: str | None, path: Path, settings: Any) -> InferenceBackend:
-    from export.sidecar import read_sidecar
+    from export.runtime.sidecar import read_sidecar
 
     from .onnxruntime_backend import OnnxRuntimeBackend
 
     if path.suffix in _ENGINE_SUFFIXES:
         raise BackendError(f"{path}: a TensorRT engine runs on the tensorrt backend only")
-    if path.suffix == ".pt":
-        path = _cached_onnx(path, settings.cache_dir)
+    path = _prepared_onnx(path, settings)
     try:
         sidecar = read_sidecar(path)
     except (OSError, ValueError) as error:
         raise BackendError(f"{path}: {error}") from error
+    if sidecar.get("output", "logits") != "logits":
+        raise BackendError(
+            f"{path}: exported with --output {sidecar['output']}; the service needs the logits "
+            "export (ccnet export onnx without --output)"
+        )
     info = _info_from_sidecar(name, sidecar, path)
     _, threads = settings.parallelism()
-    return OnnxRuntimeBackend(info, path, device=settings.device, threads=threads)
+    int8 = functools.partial(
+        cached_int8, path, settings.cache_dir, info.kind, sidecar, frames=info.window or 4
+    )
+    backend = OnnxRuntimeBackend(info, path, device=settings.device, threads=threads, int8=int8)
+    return configure_backend(backend, settings, path, sidecar)
 
 
 def _torch(name: str | None, path: Path, settings: Any) -> InferenceBackend:
@@ -154,18 +132,37 @@ def _torch(name: str | None, path: Path, settings: Any) -> InferenceBackend:
         )
     model, meta = load_checkpoint(path)
     info = info_from_meta(name, meta, path)
-    return TorchBackend(info, model, meta, device=settings.device, fp16=settings.fp16)
+    backend = TorchBackend(info, model, meta, device=settings.device, fp16=settings.fp16)
+    return configure_backend(backend, settings, path, meta)
+
+
+def backend_for(path: Path) -> str:
+    """The backend a model file runs on when none is asked for: ``.onnx`` on onnxruntime,
+    ``.engine``/``.plan`` on tensorrt, anything else (checkpoints) on torch."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    return "tensorrt" if suffix in _ENGINE_SUFFIXES else "torch"
+
+
+def effective_backend(path: Path, settings: Any) -> str:
+    """``settings.backend`` if it was set, else ``backend_for(path)`` (the prepare step and
+    the loader pick the same one)."""
+    explicit = "backend" in getattr(settings, "model_fields_set", {"backend"})
+    return settings.backend if explicit else backend_for(path)
 
 
 def load_backend(name: str | None, path: Path, settings: Any) -> InferenceBackend:
-    """Load ``path`` on ``settings.backend`` (TensorRT falls back to onnxruntime).
+    """Load ``path`` on ``settings.backend`` if it was set, else on ``backend_for(path)``
+    (TensorRT falls back to onnxruntime).
 
     Raises:
         BackendError: the file or backend cannot be used (the message names both).
     """
     if not path.is_file():
         raise BackendError(f"{path}: no such model file")
-    if settings.backend == "tensorrt":
+    backend = effective_backend(path, settings)
+    if backend == "tensorrt":
         try:
             return _tensorrt(name, path, settings)
         except BackendError as error:
@@ -173,6 +170,6 @@ def load_backend(name: str | None, path: Path, settings: Any) -> InferenceBacken
                 raise
             log.warning("TensorRT unusable for %s (%s); falling back to onnxruntime", path, error)
             return _onnxruntime(name, path, settings)
-    if settings.backend == "onnxruntime":
+    if backend == "onnxruntime":
         return _onnxruntime(name, path, settings)
     return _torch(name, path, settings)

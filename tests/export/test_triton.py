@@ -86,7 +86,9 @@ def _assert_config_matches_onnx(config: dict, model: onnx.ModelProto, max_batch:
     batched = max_batch > 0
     assert config["max_batch_size"] == [max_batch]
     assert _flatten_lists(config["input"]) == _expected_tensors(list(model.graph.input), batched)
-    assert _flatten_lists(config["output"]) == _expected_tensors(list(model.graph.output), batched)
+    outputs = _expected_tensors(list(model.graph.output), batched)
+    outputs[0]["label_filename"] = ["labels.txt"]  # the class names, line i = class id i
+    assert _flatten_lists(config["output"]) == outputs
     assert ("dynamic_batching" in config) == batched
 
 
@@ -103,6 +105,8 @@ def test_onnx_repository_config_agrees_with_the_onnx(request, fixture: str, tmp_
     assert dims == ([3, -1, -1, -1] if fixture == "onnx_3d" else [3, -1, -1])
     version = tmp_path / "repo" / "seg" / "1"
     assert sorted(p.name for p in version.iterdir()) == ["model.json", "model.onnx"]
+    classes = json.loads((version / "model.json").read_text())["classes"]
+    assert (version.parent / "labels.txt").read_text().splitlines() == classes
     digest = hashlib.sha256((version / "model.onnx").read_bytes()).hexdigest()
     assert json.loads((version / "model.json").read_text())["sha256"] == digest
     readme = (tmp_path / "repo" / "README.md").read_text()
@@ -124,10 +128,15 @@ def _fake_engine(onnx_2d, directory: Path, batch: tuple[int, int]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     plan = directory / "engine.plan"
     plan.write_bytes(b"serialized engine")
+    meta = onnx_2d.sidecar
     sidecar = {
         "format": "ccnet-trt-engine",
+        "version": 1,
         "engine_file": "engine.plan",
+        "sha256": hashlib.sha256(b"serialized engine").hexdigest(),
         "onnx": {"sha256": hashlib.sha256(onnx_2d.model_path.read_bytes()).hexdigest()},
+        "tensorrt": "11.4.0",
+        **{key: meta[key] for key in ("dtype", "inputs", "outputs", "classes", "palette")},
         "profile": {
             "image": {
                 "min": [batch[0], 3, 64, 64],
@@ -154,6 +163,23 @@ def test_engine_repository_uses_the_plan_and_documents_the_plugin(onnx_2d, tmp_p
     readme = (tmp_path / "repo" / "README.md").read_text()
     assert "--backend-config=tensorrt,plugins=" in readme
     assert "LD_PRELOAD=/path/to/libccnet_trt_plugin.so tritonserver" in readme
+    assert "registers its plugin creators as soon as it is loaded" in " ".join(readme.split())
+
+
+def test_a_damaged_engine_sidecar_is_refused_with_its_problem(onnx_2d, tmp_path) -> None:
+    plan = _fake_engine(onnx_2d, tmp_path / "build", batch=(1, 8))
+    plan.write_bytes(b"another engine")  # no longer the file the sidecar describes
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        write_triton_repository(
+            onnx_2d.model_path, tmp_path / "repo", "seg", engine=plan, progress=None
+        )
+    side = plan.with_suffix(".json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "version": 7}))
+    with pytest.raises(ValueError, match="engine sidecar version 7"):
+        write_triton_repository(
+            onnx_2d.model_path, tmp_path / "repo", "seg", engine=plan, progress=None
+        )
+    assert not (tmp_path / "repo" / "seg").exists()
 
 
 def test_engine_profile_must_cover_the_batch(onnx_2d, tmp_path) -> None:

@@ -6,7 +6,7 @@
  * indexing, self-key mask, tiled online-softmax statistics, joint scale and per-axis
  * accumulation into the output. Only the parallel schedule (blocks, shared memory, tensor
  * cores) is replaced by plain loops. tests/export/test_native_sources.py builds it as a shared
- * library with g++ and compares it with model._axial.axial_attention_reference.
+ * library with g++ and compares it with model.axial.axial_attention_reference.
  *
  * Build: g++ -std=c++17 -O2 -shared -fPIC crissCrossAttentionHostCheck.cpp -o libccahost.so
  */

@@ -8,7 +8,9 @@
  *      and the row numerators exp(e - max) -> workspace (element type of the op, zero padded).
  *   2. aggregate*Kernel: out[c, x] (+)= sum_y v[c, y] * p[x, y] per line, where p is the stored
  *      numerator times the pixel's joint-softmax weight for this axis (crissCrossAttentionMath.h,
- *      jointScale). The first axis writes out, the others add to it.
+ *      jointScale). The first axis writes its sum, the others add to it: in fp32 throughout
+ *      (for fp16, through an fp32 partial buffer in the workspace, so the output is rounded to
+ *      fp16 once, by the last axis).
  *
  * Because every axis keeps its own statistics and the joint softmax is only applied while
  * loading probabilities in kernel 2, the (B, HW, H + W - 1) map is written and read once, and
@@ -19,6 +21,7 @@
 #include "crissCrossAttentionKernel.h"
 #include "crissCrossAttentionMath.h"
 
+#include <atomic>
 #include <cstdint>
 #include <mma.h>
 
@@ -126,15 +129,16 @@ __device__ __forceinline__ BlockTile decodeTile(
 // ---------------------------------------------------------------------------------------------
 
 //! 64 pixels per block (kLines lines x kPositions positions), keys in tiles of 64, channels in
-//! chunks of 8 through shared memory; each thread computes 4 positions x 4 keys of one line.
-template <int Lines, int Positions>
+//! chunks of kChannels through shared memory; each thread computes 4 positions x 4 keys of one
+//! line.
+template <int Lines, int Positions, int Channels = 8>
 struct EnergyConfig
 {
     static constexpr int kLines = Lines;
     static constexpr int kPositions = Positions;
     static constexpr int kPixels = Lines * Positions;
     static constexpr int kKeys = 64;
-    static constexpr int kChannels = 8;
+    static constexpr int kChannels = Channels;
     static constexpr int kPositionGroups = Positions / 4;
     static constexpr int kKeyGroups = kKeys / 4;
     static constexpr int kKeyRow = kKeys + 1; // odd row length: no bank conflicts across lines
@@ -151,8 +155,19 @@ struct EnergyConfig
 
 //! Innermost axis (keys contiguous in memory): one line, 64 positions, loads run along keys.
 using EnergyInnermost = EnergyConfig<1, 64>;
-//! Other axes: 8 neighbouring lines (contiguous in memory) x 8 positions, loads run along lines.
-using EnergyStrided = EnergyConfig<8, 8>;
+//! Other axes: neighbouring lines (contiguous in memory) x positions, loads run along lines, so
+//! a warp reads whole 32-byte sectors: 8 lines of fp32, 16 lines of fp16 (4 channels per chunk
+//! keep the shared key tile at the fp32 size).
+template <typename T>
+struct EnergyStridedFor
+{
+    using type = EnergyConfig<8, 8>;
+};
+template <>
+struct EnergyStridedFor<__half>
+{
+    using type = EnergyConfig<16, 4, 4>;
+};
 
 template <typename T, typename Cfg>
 struct EnergyBlock
@@ -436,11 +451,43 @@ struct SimtConfig
 };
 
 using SimtInnermost = SimtConfig<1, 64, 64, false>;
-using SimtStrided = SimtConfig<8, 32, 16, true>;
+//! Strided axes: 32-byte sectors along the lines, as for the energies (8 lines fp32, 16 fp16).
+template <typename T>
+struct SimtStridedFor
+{
+    using type = SimtConfig<8, 32, 16, true>;
+};
+template <>
+struct SimtStridedFor<__half>
+{
+    using type = SimtConfig<16, 32, 8, true>;
+};
+
+//! Adds `value` to what the earlier axes summed for output element `index` (when `accumulate`)
+//! and stores the sum: into `out` on the last axis or without a partial buffer (fp32), else
+//! into the fp32 `partial` buffer, so fp16 output is rounded once.
+template <typename T>
+__device__ __forceinline__ void storeSum(
+    T* out, float* partial, int64_t index, float value, bool accumulate, bool last)
+{
+    if (accumulate)
+    {
+        value += partial != nullptr ? partial[index] : toFloat(out[index]);
+    }
+    if (last || partial == nullptr)
+    {
+        out[index] = fromFloat<T>(value);
+    }
+    else
+    {
+        partial[index] = value;
+    }
+}
 
 template <typename T, typename Cfg>
 __global__ void __launch_bounds__(kThreads) aggregateSimtKernel(T const* __restrict__ v, T const* __restrict__ probs,
-    RowStats<float> const* __restrict__ stats, T* __restrict__ out, Problem problem, int axisIndex, bool accumulate)
+    RowStats<float> const* __restrict__ stats, T* __restrict__ out, float* __restrict__ partial, Problem problem,
+    int axisIndex, bool accumulate, bool last)
 {
     constexpr int kL = Cfg::kLines;
     constexpr int kC = Cfg::kChannels;
@@ -545,8 +592,7 @@ __global__ void __launch_bounds__(kThreads) aggregateSimtKernel(T const* __restr
             if (c < channels && x < length)
             {
                 int64_t const index = base + c * plane + static_cast<int64_t>(x) * axis.inner + tr;
-                float const previous = accumulate ? toFloat(out[index]) : 0.f;
-                out[index] = fromFloat<T>(previous + acc[i][j]);
+                storeSum<T>(out, partial, index, acc[i][j], accumulate, last);
             }
         }
     }
@@ -598,7 +644,7 @@ using TensorCoreStrided = TensorCoreConfig<8, 32, 32, 16, 2, 2>;
 template <typename Cfg>
 __global__ void __launch_bounds__(kThreads, 2) aggregateTensorCoreKernel(__half const* __restrict__ v,
     __half const* __restrict__ probs, RowStats<float> const* __restrict__ stats, __half* __restrict__ out,
-    Problem problem, int axisIndex, bool accumulate)
+    float* __restrict__ partial, Problem problem, int axisIndex, bool accumulate, bool last)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
     using namespace nvcuda;
@@ -774,12 +820,8 @@ __global__ void __launch_bounds__(kThreads, 2) aggregateTensorCoreKernel(__half 
             if (c < channels && bt.pos0 + x < length && bt.inner0 + r < axis.inner)
             {
                 int64_t const index = base + c * plane + static_cast<int64_t>(bt.pos0 + x) * axis.inner + r;
-                float value = os[r * Cfg::kOutLine + local * Cfg::kOutRow + x];
-                if (accumulate)
-                {
-                    value += __half2float(out[index]);
-                }
-                out[index] = __float2half_rn(value);
+                storeSum<__half>(
+                    out, partial, index, os[r * Cfg::kOutLine + local * Cfg::kOutRow + x], accumulate, last);
             }
         }
         __syncthreads();
@@ -790,27 +832,239 @@ __global__ void __launch_bounds__(kThreads, 2) aggregateTensorCoreKernel(__half 
 #endif
 }
 
+
+//! TF32 tensor-core aggregation for fp32 (opt-in: Aggregation::kTensorCoreTf32, sm_80+). Values
+//! and probabilities are rounded to TF32 (10 mantissa bits) when staged in shared memory, the
+//! products accumulate in fp32 (WMMA 16x16x8). Per block kLines lines x kChannels channels x
+//! kPositions positions, keys in chunks of 16; each warp owns kWarpC x kWarpX tiles of one line.
+template <int Lines, int Channels, int Positions, int WarpC, int WarpX>
+struct Tf32Config
+{
+    static constexpr int kLines = Lines;
+    static constexpr int kChannels = Channels;
+    static constexpr int kPositions = Positions;
+    static constexpr int kKeys = 16;
+    static constexpr int kWarpC = WarpC;
+    static constexpr int kWarpX = WarpX;
+    static constexpr int kWarpsC = Channels / 16 / WarpC;
+    static constexpr int kWarpsX = Positions / 16 / WarpX;
+    //! Shared rows of 16 keys + 4: a multiple of 4 floats (WMMA ldm), 80 bytes, so every 16-row
+    //! tile starts 32-byte aligned and consecutive rows fall on different banks.
+    static constexpr int kRow = kKeys + 4;
+    static constexpr int kValueLine = Channels * kRow;
+    static constexpr int kProbLine = Positions * kRow;
+    static constexpr int kOutRow = Positions + 4;
+    static constexpr int kOutLine = Channels * kOutRow;
+    static constexpr int kTileFloats = Lines * (kValueLine + kProbLine);
+    static constexpr int kOutFloats = Lines * kOutLine;
+    static constexpr int kSharedFloats = kTileFloats > kOutFloats ? kTileFloats : kOutFloats;
+    static_assert(Lines * kWarpsC * kWarpsX == kWarps, "every warp owns one set of tiles");
+    static_assert(Channels % (16 * kWarpC) == 0 && Positions % (16 * kWarpX) == 0, "16x16 tiles");
+    static_assert(kSharedFloats * 4 <= kDefaultSharedBytes - 1024, "static shared memory");
+};
+
+using Tf32Innermost = Tf32Config<1, 64, 64, 2, 1>;
+using Tf32Strided = Tf32Config<8, 32, 16, 2, 1>;
+
+template <typename Cfg>
+__global__ void __launch_bounds__(kThreads) aggregateTf32Kernel(float const* __restrict__ v,
+    float const* __restrict__ probs, RowStats<float> const* __restrict__ stats, float* __restrict__ out,
+    float* __restrict__ partial, Problem problem, int axisIndex, bool accumulate, bool last)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using namespace nvcuda;
+    constexpr int kL = Cfg::kLines;
+    constexpr int kC = Cfg::kChannels;
+    constexpr int kX = Cfg::kPositions;
+    constexpr int kK = Cfg::kKeys;
+    constexpr int kRow = Cfg::kRow;
+    __shared__ __align__(128) float shared[Cfg::kSharedFloats];
+    __shared__ float scale[kL * kX];
+    float* vs = shared;                      // [line][channel][key]
+    float* ps = shared + kL * Cfg::kValueLine; // [line][position][key]
+    float* os = shared;                      // epilogue only: [line][channel][position]
+
+    Axis const axis = axisOf(problem, axisIndex);
+    int const length = axis.length;
+    int const channels = problem.valueChannels;
+    int64_t const plane = spatialSize(problem);
+    BlockTile const bt = decodeTile(axis, kX, kL, static_cast<int>((channels + kC - 1) / kC), kC);
+    int64_t const base = (bt.batch * channels) * plane + bt.outer * length * axis.inner + bt.inner0;
+
+    loadJointScales<kL, kX>(scale, stats, problem, axis, axisIndex, bt);
+
+    int const t = threadIdx.x;
+    int const warp = t / 32;
+    int const wr = warp / (Cfg::kWarpsC * Cfg::kWarpsX);
+    int const wc = (warp / Cfg::kWarpsX) % Cfg::kWarpsC;
+    int const wx = warp % Cfg::kWarpsX;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[Cfg::kWarpC][Cfg::kWarpX];
+#pragma unroll
+    for (int i = 0; i < Cfg::kWarpC; ++i)
+    {
+#pragma unroll
+        for (int j = 0; j < Cfg::kWarpX; ++j)
+        {
+            wmma::fill_fragment(acc[i][j], 0.f);
+        }
+    }
+
+    for (int y0 = 0; y0 < length; y0 += kK)
+    {
+        __syncthreads(); // scale is ready / the previous chunk's readers are done
+        for (int e = t; e < kK * kL * kC; e += kThreads)
+        {
+            // Lines fastest, then keys: neighbouring threads read neighbouring memory on every axis.
+            int const r = e % kL;
+            int const y = (e / kL) % kK;
+            int const c = e / (kL * kK);
+            float value = 0.f;
+            if (bt.channel0 + c < channels && y0 + y < length && bt.inner0 + r < axis.inner)
+            {
+                value = v[base + (bt.channel0 + c) * plane + static_cast<int64_t>(y0 + y) * axis.inner + r];
+            }
+            vs[r * Cfg::kValueLine + c * kRow + y] = wmma::__float_to_tf32(value);
+        }
+        for (int e = t; e < kK * kL * kX; e += kThreads)
+        {
+            int const y = e % kK;
+            int const x = (e / kK) % kX;
+            int const r = e / (kK * kX);
+            float value = 0.f;
+            if (bt.pos0 + x < length && bt.inner0 + r < axis.inner && y0 + y < length)
+            {
+                int64_t const row
+                    = probabilityRow(axis, lineIndex(axis, bt.batch, bt.outer, bt.inner0 + r), bt.pos0 + x);
+                value = probs[row + y0 + y] * scale[r * kX + x];
+            }
+            ps[r * Cfg::kProbLine + x * kRow + y] = wmma::__float_to_tf32(value);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int step = 0; step < kK / 8; ++step)
+        {
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b[Cfg::kWarpX];
+#pragma unroll
+            for (int j = 0; j < Cfg::kWarpX; ++j)
+            {
+                // B(key, position) = p[position][key]: column-major with the key row contiguous.
+                wmma::load_matrix_sync(
+                    b[j], ps + wr * Cfg::kProbLine + (wx * Cfg::kWarpX + j) * 16 * kRow + step * 8, kRow);
+            }
+#pragma unroll
+            for (int i = 0; i < Cfg::kWarpC; ++i)
+            {
+                wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+                wmma::load_matrix_sync(
+                    a, vs + wr * Cfg::kValueLine + (wc * Cfg::kWarpC + i) * 16 * kRow + step * 8, kRow);
+#pragma unroll
+                for (int j = 0; j < Cfg::kWarpX; ++j)
+                {
+                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+                }
+            }
+        }
+    }
+
+    __syncthreads(); // os aliases vs / ps
+#pragma unroll
+    for (int i = 0; i < Cfg::kWarpC; ++i)
+    {
+#pragma unroll
+        for (int j = 0; j < Cfg::kWarpX; ++j)
+        {
+            int const channel = (wc * Cfg::kWarpC + i) * 16;
+            int const position = (wx * Cfg::kWarpX + j) * 16;
+            wmma::store_matrix_sync(os + wr * Cfg::kOutLine + channel * Cfg::kOutRow + position, acc[i][j],
+                Cfg::kOutRow, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    for (int e = t; e < kL * kC * kX; e += kThreads)
+    {
+        // Lines fastest, then positions: the output stores are contiguous on every axis.
+        int const r = e % kL;
+        int const x = (e / kL) % kX;
+        int const c = e / (kL * kX);
+        if (bt.channel0 + c < channels && bt.pos0 + x < length && bt.inner0 + r < axis.inner)
+        {
+            int64_t const index
+                = base + (bt.channel0 + c) * plane + static_cast<int64_t>(bt.pos0 + x) * axis.inner + r;
+            storeSum<float>(out, partial, index, os[r * Cfg::kOutLine + c * Cfg::kOutRow + x], accumulate, last);
+        }
+    }
+#else
+    // Never launched: the host selects this kernel only on sm_80 and newer.
+    __trap();
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Host side.
 // ---------------------------------------------------------------------------------------------
 
 struct DeviceInfo
 {
+    int device;
     int computeMajor;
     int sharedOptin;
 };
 
+//! Devices whose attributes and kernel settings are cached (others are queried every call).
+constexpr int kCachedDevices = 64;
+
+//! Compute capability and opt-in shared memory of the current device, read from the driver once
+//! per device and process (a launch then costs one cudaGetDevice, not three queries).
 cudaError_t queryDevice(DeviceInfo& info)
 {
-    int device = 0;
-    cudaError_t status = cudaGetDevice(&device);
-    if (status == cudaSuccess)
+    // 0 = not read yet. Benign race: two threads may both read the same values once.
+    static std::atomic<int> cachedMajor[kCachedDevices];
+    static std::atomic<int> cachedOptin[kCachedDevices];
+    cudaError_t status = cudaGetDevice(&info.device);
+    if (status != cudaSuccess)
     {
-        status = cudaDeviceGetAttribute(&info.computeMajor, cudaDevAttrComputeCapabilityMajor, device);
+        return status;
     }
+    bool const cacheable = info.device >= 0 && info.device < kCachedDevices;
+    if (cacheable)
+    {
+        info.computeMajor = cachedMajor[info.device].load(std::memory_order_acquire);
+        if (info.computeMajor != 0)
+        {
+            info.sharedOptin = cachedOptin[info.device].load(std::memory_order_relaxed);
+            return cudaSuccess;
+        }
+    }
+    status = cudaDeviceGetAttribute(&info.computeMajor, cudaDevAttrComputeCapabilityMajor, info.device);
     if (status == cudaSuccess)
     {
-        status = cudaDeviceGetAttribute(&info.sharedOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+        status = cudaDeviceGetAttribute(&info.sharedOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, info.device);
+    }
+    if (status == cudaSuccess && cacheable)
+    {
+        cachedOptin[info.device].store(info.sharedOptin, std::memory_order_relaxed);
+        cachedMajor[info.device].store(info.computeMajor, std::memory_order_release);
+    }
+    return status;
+}
+
+//! Raises the dynamic shared memory limit of energyStatsKernel<T, Cfg> to the device maximum,
+//! once per device and process. Always the maximum (not what one call needs): idempotent, so
+//! concurrent callers on other streams never see a smaller limit than they need.
+template <typename T, typename Cfg, typename Kernel>
+cudaError_t allowOptinSharedMemory(Kernel kernel, DeviceInfo const& device)
+{
+    static std::atomic<bool> raised[kCachedDevices];
+    bool const cacheable = device.device >= 0 && device.device < kCachedDevices;
+    if (cacheable && raised[device.device].load(std::memory_order_acquire))
+    {
+        return cudaSuccess;
+    }
+    cudaError_t const status
+        = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, device.sharedOptin);
+    if (status == cudaSuccess && cacheable)
+    {
+        raised[device.device].store(true, std::memory_order_release);
     }
     return status;
 }
@@ -837,21 +1091,20 @@ cudaError_t launchEnergy(T const* q, T const* k, T* probs, RowStats<float>* stat
     auto kernel = energyStatsKernel<T, Cfg>;
     if (bytes > kDefaultSharedBytes)
     {
-        // Always the device maximum (not `bytes`): idempotent, so concurrent callers on other
-        // streams never see a smaller limit than they need.
-        status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, device.sharedOptin);
+        status = allowOptinSharedMemory<T, Cfg>(kernel, device);
         if (status != cudaSuccess)
         {
             return status;
         }
     }
+    // Launch errors are collected once, after the call's last launch.
     kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(q, k, probs, stats, problem, axis, fullRow);
-    return cudaGetLastError();
+    return cudaSuccess;
 }
 
 template <typename Cfg, typename T, typename Kernel>
 cudaError_t launchAggregation(Kernel kernel, T const* v, T const* probs, RowStats<float> const* stats, T* out,
-    Problem const& problem, int axis, cudaStream_t stream)
+    float* partial, Problem const& problem, int axis, cudaStream_t stream)
 {
     Axis const a = axisOf(problem, axis);
     int64_t const blocks = problem.batch * a.outer * ceilDiv(a.inner, Cfg::kLines)
@@ -861,59 +1114,86 @@ cudaError_t launchAggregation(Kernel kernel, T const* v, T const* probs, RowStat
     {
         return status;
     }
-    kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(v, probs, stats, out, problem, axis, axis > 0);
-    return cudaGetLastError();
+    bool const last = axis + 1 == problem.numAxes;
+    kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        v, probs, stats, out, partial, problem, axis, axis > 0, last);
+    return cudaSuccess; // launch errors: checked once per call
 }
 
 template <typename T>
-bool useTensorCores(LaunchOptions const&, DeviceInfo const&)
+bool useTensorCores(LaunchOptions const& options, DeviceInfo const& device)
 {
-    return false; // fp32 stays on CUDA cores: TF32 would miss the 1e-5 agreement
+    // fp32 stays on CUDA cores unless TF32 is asked for: TF32 (10-bit mantissa, about 5e-4
+    // relative per rounded operand) misses the op's 1e-5 agreement with the reference.
+    return options.aggregation == Aggregation::kTensorCoreTf32 && device.computeMajor >= 8;
 }
 
 template <>
 bool useTensorCores<__half>(LaunchOptions const& options, DeviceInfo const& device)
 {
+    // kTensorCoreTf32 means tensor cores for fp16 too (fp16 inputs, fp32 accumulation).
     return options.aggregation != Aggregation::kSimt && device.computeMajor >= 7;
 }
 
-//! fp32: CUDA cores only (the tensor-core flag is always false for it).
 template <typename T>
-cudaError_t aggregateAxis(T const* v, T const* probs, RowStats<float> const* stats, T* out, Problem const& problem,
-    int axis, bool /* tensorCores */, cudaStream_t stream)
-{
-    bool const innermost = axisOf(problem, axis).inner == 1;
-    if (innermost)
-    {
-        return launchAggregation<SimtInnermost>(
-            aggregateSimtKernel<T, SimtInnermost>, v, probs, stats, out, problem, axis, stream);
-    }
-    return launchAggregation<SimtStrided>(
-        aggregateSimtKernel<T, SimtStrided>, v, probs, stats, out, problem, axis, stream);
-}
+cudaError_t aggregateAxis(T const* v, T const* probs, RowStats<float> const* stats, T* out, float* partial,
+    Problem const& problem, int axis, bool tensorCores, cudaStream_t stream);
 
+//! fp32: CUDA cores, or TF32 tensor cores when asked for (`tensorCores`).
 template <>
-cudaError_t aggregateAxis<__half>(__half const* v, __half const* probs, RowStats<float> const* stats, __half* out,
-    Problem const& problem, int axis, bool tensorCores, cudaStream_t stream)
+cudaError_t aggregateAxis<float>(float const* v, float const* probs, RowStats<float> const* stats, float* out,
+    float* partial, Problem const& problem, int axis, bool tensorCores, cudaStream_t stream)
 {
+    using Strided = SimtStridedFor<float>::type;
     bool const innermost = axisOf(problem, axis).inner == 1;
     if (tensorCores)
     {
         if (innermost)
         {
-            return launchAggregation<TensorCoreInnermost>(
-                aggregateTensorCoreKernel<TensorCoreInnermost>, v, probs, stats, out, problem, axis, stream);
+            return launchAggregation<Tf32Innermost>(
+                aggregateTf32Kernel<Tf32Innermost>, v, probs, stats, out, partial, problem, axis, stream);
         }
-        return launchAggregation<TensorCoreStrided>(
-            aggregateTensorCoreKernel<TensorCoreStrided>, v, probs, stats, out, problem, axis, stream);
+        return launchAggregation<Tf32Strided>(
+            aggregateTf32Kernel<Tf32Strided>, v, probs, stats, out, partial, problem, axis, stream);
     }
     if (innermost)
     {
         return launchAggregation<SimtInnermost>(
-            aggregateSimtKernel<__half, SimtInnermost>, v, probs, stats, out, problem, axis, stream);
+            aggregateSimtKernel<float, SimtInnermost>, v, probs, stats, out, partial, problem, axis, stream);
     }
-    return launchAggregation<SimtStrided>(
-        aggregateSimtKernel<__half, SimtStrided>, v, probs, stats, out, problem, axis, stream);
+    return launchAggregation<Strided>(
+        aggregateSimtKernel<float, Strided>, v, probs, stats, out, partial, problem, axis, stream);
+}
+
+template <>
+cudaError_t aggregateAxis<__half>(__half const* v, __half const* probs, RowStats<float> const* stats, __half* out,
+    float* partial, Problem const& problem, int axis, bool tensorCores, cudaStream_t stream)
+{
+    using Strided = SimtStridedFor<__half>::type;
+    bool const innermost = axisOf(problem, axis).inner == 1;
+    if (tensorCores)
+    {
+        if (innermost)
+        {
+            return launchAggregation<TensorCoreInnermost>(aggregateTensorCoreKernel<TensorCoreInnermost>, v, probs,
+                stats, out, partial, problem, axis, stream);
+        }
+        return launchAggregation<TensorCoreStrided>(
+            aggregateTensorCoreKernel<TensorCoreStrided>, v, probs, stats, out, partial, problem, axis, stream);
+    }
+    if (innermost)
+    {
+        return launchAggregation<SimtInnermost>(
+            aggregateSimtKernel<__half, SimtInnermost>, v, probs, stats, out, partial, problem, axis, stream);
+    }
+    return launchAggregation<Strided>(
+        aggregateSimtKernel<__half, Strided>, v, probs, stats, out, partial, problem, axis, stream);
+}
+
+//! Bytes per element of the fp32 partial-sum buffer: only fp16 with several axes needs one.
+size_t partialElementSize(size_t elementSize, int numAxes)
+{
+    return elementSize == sizeof(__half) && numAxes > 1 ? sizeof(float) : 0;
 }
 
 bool validShape(int batch, int qkChannels, int valueChannels, int numAxes, int const* extent)
@@ -944,26 +1224,29 @@ Problem makeProblem(int batch, int qkChannels, int valueChannels, int numAxes, i
 
 } // namespace
 
-size_t crissCrossAttentionWorkspaceSize(int batch, int numAxes, int const* extent, size_t elementSize)
+size_t crissCrossAttentionWorkspaceSize(
+    int batch, int valueChannels, int numAxes, int const* extent, size_t elementSize)
 {
-    if (!validShape(batch, 0, 0, numAxes, extent))
+    if (!validShape(batch, 0, valueChannels, numAxes, extent))
     {
         return 0;
     }
-    Problem const problem = makeProblem(batch, 0, 0, numAxes, extent);
-    return workspaceLayout(problem, elementSize, sizeof(RowStats<float>)).bytes;
+    Problem const problem = makeProblem(batch, 0, valueChannels, numAxes, extent);
+    size_t const partial = partialElementSize(elementSize, numAxes);
+    return workspaceLayout(problem, elementSize, sizeof(RowStats<float>), partial).bytes + kWorkspaceSlack;
 }
 
-size_t crissCrossAttention2dWorkspaceSize(int batch, int height, int width, size_t elementSize)
+size_t crissCrossAttention2dWorkspaceSize(int batch, int valueChannels, int height, int width, size_t elementSize)
 {
     int const extent[2] = {height, width};
-    return crissCrossAttentionWorkspaceSize(batch, 2, extent, elementSize);
+    return crissCrossAttentionWorkspaceSize(batch, valueChannels, 2, extent, elementSize);
 }
 
-size_t crissCrossAttention3dWorkspaceSize(int batch, int frames, int height, int width, size_t elementSize)
+size_t crissCrossAttention3dWorkspaceSize(
+    int batch, int valueChannels, int frames, int height, int width, size_t elementSize)
 {
     int const extent[3] = {frames, height, width};
-    return crissCrossAttentionWorkspaceSize(batch, 3, extent, elementSize);
+    return crissCrossAttentionWorkspaceSize(batch, valueChannels, 3, extent, elementSize);
 }
 
 template <typename T>
@@ -989,25 +1272,31 @@ cudaError_t launchCrissCrossAttention(T const* q, T const* k, T const* v, T* out
     {
         return status;
     }
-    WorkspaceLayout const layout = workspaceLayout(problem, sizeof(T), sizeof(RowStats<float>));
-    char* const bytes = static_cast<char*>(workspace);
+    size_t const partialSize = partialElementSize(sizeof(T), numAxes);
+    WorkspaceLayout const layout = workspaceLayout(problem, sizeof(T), sizeof(RowStats<float>), partialSize);
+    // The size asked for includes kWorkspaceSlack: every region is kRegionAlignment aligned.
+    auto const address = reinterpret_cast<uintptr_t>(workspace);
+    char* const bytes = static_cast<char*>(workspace) + (alignUp(address, kRegionAlignment) - address);
     auto* const stats = reinterpret_cast<RowStats<float>*>(bytes + layout.stats);
+    float* const partial = partialSize > 0 ? reinterpret_cast<float*>(bytes + layout.partial) : nullptr;
 
     // All statistics first: the aggregation of any axis needs the joint softmax of every pixel.
     for (int d = 0; d < numAxes && status == cudaSuccess; ++d)
     {
         T* const probs = reinterpret_cast<T*>(bytes + layout.probabilities[d]);
+        using Strided = typename EnergyStridedFor<T>::type;
         status = axisOf(problem, d).inner == 1
             ? launchEnergy<T, EnergyInnermost>(q, k, probs, stats, problem, d, device, options.recomputeEnergies, stream)
-            : launchEnergy<T, EnergyStrided>(q, k, probs, stats, problem, d, device, options.recomputeEnergies, stream);
+            : launchEnergy<T, Strided>(q, k, probs, stats, problem, d, device, options.recomputeEnergies, stream);
     }
     bool const tensorCores = useTensorCores<T>(options, device);
     for (int d = 0; d < numAxes && status == cudaSuccess; ++d)
     {
         T const* const probs = reinterpret_cast<T const*>(bytes + layout.probabilities[d]);
-        status = aggregateAxis<T>(v, probs, stats, out, problem, d, tensorCores, stream);
+        status = aggregateAxis<T>(v, probs, stats, out, partial, problem, d, tensorCores, stream);
     }
-    return status;
+    // One check for every launch of this call (a bad configuration, a missing kernel image).
+    return status == cudaSuccess ? cudaGetLastError() : status;
 }
 
 template <typename T>

@@ -38,6 +38,9 @@ constexpr int kMaxAxes = 3;
 constexpr int kKeyPadding = 16;
 //! Workspace regions start on this boundary (vector loads and tensor-core tiles need 32 B).
 constexpr size_t kRegionAlignment = 256;
+//! Extra workspace bytes the launchers ask for, so that they can align any workspace pointer up
+//! to kRegionAlignment themselves: the alignment of every region is guaranteed, not assumed.
+constexpr size_t kWorkspaceSlack = kRegionAlignment - 1;
 
 //! The shape of one call: q, k (batch, qkChannels, *extent); v, out (batch, valueChannels, *extent).
 struct Problem
@@ -121,7 +124,7 @@ CCA_HOST_DEVICE int64_t statsIndex(Problem const& p, int64_t batch, int64_t spat
 }
 
 //! The pixel itself lies on every axis; it is kept on the last (innermost) axis only, so it is
-//! counted once. This is the rule of model/_axial.py (`_energies`).
+//! counted once. This is the rule of model/axial.py (`_energies`).
 CCA_HOST_DEVICE bool isMaskedKey(int axis, int numAxes, int64_t pos, int64_t key)
 {
     return axis + 1 < numAxes && pos == key;
@@ -188,15 +191,19 @@ CCA_HOST_DEVICE size_t alignUp(size_t value, size_t alignment)
 
 //! Byte offsets of the workspace regions: one probability matrix per axis (element type of the
 //! op, B * prod(extent) * keyStride each, i.e. the B x H x W x (H + W - 1) attention map plus
-//! padding) followed by the per-(pixel, axis) softmax statistics.
+//! padding), the per-(pixel, axis) softmax statistics, and (only when `partialSize` > 0: the
+//! fp16 op with several axes) an output-shaped fp32 buffer in which the axes' contributions are
+//! summed, so the output is rounded to fp16 once instead of once per axis.
 struct WorkspaceLayout
 {
     size_t probabilities[kMaxAxes];
     size_t stats;
+    size_t partial;
     size_t bytes;
 };
 
-CCA_HOST_DEVICE WorkspaceLayout workspaceLayout(Problem const& p, size_t elementSize, size_t statsSize)
+CCA_HOST_DEVICE WorkspaceLayout workspaceLayout(
+    Problem const& p, size_t elementSize, size_t statsSize, size_t partialSize = 0)
 {
     WorkspaceLayout layout{};
     size_t const pixels = static_cast<size_t>(p.batch) * static_cast<size_t>(spatialSize(p));
@@ -208,7 +215,11 @@ CCA_HOST_DEVICE WorkspaceLayout workspaceLayout(Problem const& p, size_t element
             kRegionAlignment);
     }
     layout.stats = offset;
-    layout.bytes = alignUp(offset + pixels * static_cast<size_t>(p.numAxes) * statsSize, kRegionAlignment);
+    offset = alignUp(offset + pixels * static_cast<size_t>(p.numAxes) * statsSize, kRegionAlignment);
+    layout.partial = offset;
+    layout.bytes = partialSize == 0
+        ? offset
+        : alignUp(offset + pixels * static_cast<size_t>(p.valueChannels) * partialSize, kRegionAlignment);
     return layout;
 }
 

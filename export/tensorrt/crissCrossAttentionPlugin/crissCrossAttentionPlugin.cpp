@@ -312,8 +312,8 @@ size_t CrissCrossAttentionPlugin::getWorkspaceSize(DynamicPluginTensorDesc const
         {
             extent[d] = toInt(v.d[2 + d], "spatial size");
         }
-        return cca::crissCrossAttentionWorkspaceSize(
-            toInt(v.d[0], "batch"), mSpatialDims, extent, elementSize(inputs[2].desc.type));
+        return cca::crissCrossAttentionWorkspaceSize(toInt(v.d[0], "batch"), toInt(v.d[1], "value channels"),
+            mSpatialDims, extent, elementSize(inputs[2].desc.type));
     }
     catch (std::exception const& e)
     {

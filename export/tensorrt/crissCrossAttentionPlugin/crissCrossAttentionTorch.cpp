@@ -42,7 +42,7 @@ torch::Tensor forward(torch::Tensor const& q, torch::Tensor const& k, torch::Ten
     TORCH_CHECK(k.sizes() == q.sizes(), "criss_cross_attention_cuda: q and k must have the same shape");
     TORCH_CHECK(v.dim() == rank && v.size(0) == q.size(0) && v.sizes().slice(2) == q.sizes().slice(2),
         "criss_cross_attention_cuda: v must share batch and spatial sizes with q");
-    TORCH_CHECK(aggregation >= 0 && aggregation <= 2, "criss_cross_attention_cuda: unknown aggregation ", aggregation);
+    TORCH_CHECK(aggregation >= 0 && aggregation <= 3, "criss_cross_attention_cuda: unknown aggregation ", aggregation);
 
     c10::cuda::CUDAGuard const guard(q.device());
     // The kernels read dense NCHW / NCDHW memory.
@@ -60,7 +60,8 @@ torch::Tensor forward(torch::Tensor const& q, torch::Tensor const& k, torch::Ten
     int const batch = checkedInt(q.size(0), "batch");
     int const qkChannels = checkedInt(q.size(1), "query/key channels");
     int const valueChannels = checkedInt(v.size(1), "value channels");
-    size_t const bytes = ccnet::cca::crissCrossAttentionWorkspaceSize(batch, numAxes, extent, qc.element_size());
+    size_t const bytes
+        = ccnet::cca::crissCrossAttentionWorkspaceSize(batch, valueChannels, numAxes, extent, qc.element_size());
     // From PyTorch's caching allocator: no cudaMalloc per call, stream-ordered reuse.
     torch::Tensor workspace = torch::empty({static_cast<int64_t>(bytes)}, q.options().dtype(torch::kUInt8));
 
@@ -87,7 +88,7 @@ torch::Tensor forward(torch::Tensor const& q, torch::Tensor const& k, torch::Ten
     return out;
 }
 
-int64_t workspaceSize(int64_t batch, std::vector<int64_t> const& extent, int64_t elementSize)
+int64_t workspaceSize(int64_t batch, int64_t valueChannels, std::vector<int64_t> const& extent, int64_t elementSize)
 {
     TORCH_CHECK(!extent.empty() && extent.size() <= 3, "workspace_size: 1 to 3 spatial sizes");
     int sizes[3] = {1, 1, 1};
@@ -95,8 +96,9 @@ int64_t workspaceSize(int64_t batch, std::vector<int64_t> const& extent, int64_t
     {
         sizes[d] = checkedInt(extent[d], "spatial size");
     }
-    return static_cast<int64_t>(ccnet::cca::crissCrossAttentionWorkspaceSize(
-        checkedInt(batch, "batch"), static_cast<int>(extent.size()), sizes, static_cast<size_t>(elementSize)));
+    return static_cast<int64_t>(ccnet::cca::crissCrossAttentionWorkspaceSize(checkedInt(batch, "batch"),
+        checkedInt(valueChannels, "value channels"), static_cast<int>(extent.size()), sizes,
+        static_cast<size_t>(elementSize)));
 }
 
 } // namespace
@@ -107,5 +109,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("forward", &forward, "criss-cross attention forward (2D or 3D)", pybind11::arg("q"), pybind11::arg("k"),
         pybind11::arg("v"), pybind11::arg("aggregation") = 0, pybind11::arg("recompute_energies") = false);
     m.def("workspace_size", &workspaceSize, "workspace bytes of one call", pybind11::arg("batch"),
-        pybind11::arg("extent"), pybind11::arg("element_size"));
+        pybind11::arg("value_channels"), pybind11::arg("extent"), pybind11::arg("element_size"));
 }

@@ -379,10 +379,19 @@ void checkCreator(IPluginCreatorInterface* base, RecordingLogger& logger, bool r
     {
         problem.extent[d] = extent[static_cast<size_t>(d)];
     }
-    size_t const expected = ccnet::cca::workspaceLayout(problem, 4, 8).bytes;
+    // fp32: no partial-sum buffer; the launcher's alignment slack on top.
+    size_t const expected = ccnet::cca::workspaceLayout(problem, 4, 8).bytes + ccnet::cca::kWorkspaceSlack;
     size_t const workspace = build->getWorkspaceSize(dynamic, 3, &dynamic[2], 1);
     check(workspace == expected && workspace > 0,
         name + ": workspace " + std::to_string(workspace) + " B for the profile maximum");
+    // fp16 with several axes: the axes are summed in an fp32, output-shaped partial buffer.
+    size_t const expectedHalf
+        = ccnet::cca::workspaceLayout(problem, 2, 8, sizeof(float)).bytes + ccnet::cca::kWorkspaceSlack;
+    size_t const workspaceHalf = build->getWorkspaceSize(formats, 3, &formats[3], 1);
+    check(workspaceHalf == expectedHalf
+            && expectedHalf >= ccnet::cca::workspaceLayout(problem, 2, 8).bytes
+                    + sizeof(float) * static_cast<size_t>(problem.batch * problem.valueChannels),
+        name + ": fp16 workspace " + std::to_string(workspaceHalf) + " B includes the fp32 partial sums");
 
     PluginTensorDesc const in[3] = {staticDesc(makeDims(qShape), DataType::kFLOAT),
         staticDesc(makeDims(qShape), DataType::kFLOAT), staticDesc(makeDims(vShape), DataType::kFLOAT)};

@@ -1,4 +1,6 @@
-"""The JSON sidecar beside an exported model (``model.json`` beside ``model.onnx``).
+"""The JSON sidecars beside exported models: ``model.json`` beside ``model.onnx`` and
+``engine.json`` beside a TensorRT engine. One reader for each, both validating, so the engine
+builder, the Triton writer and the service never parse a sidecar on their own.
 
 It tells a consumer everything the graph alone does not: class names and palette, the input
 policy (what to send), the precision, the opset, the dynamic axes, how the file was checked
@@ -15,6 +17,13 @@ Layout (``format`` "ccnet-onnx", ``version`` 1)::
      "inputs": [{"name", "dtype", "shape": [int | axis name]}], "outputs": [...],
      "dynamic_axes": {tensor: {axis index: axis name}},
      "input_policy": {...}, "custom_ops": [...], "parity": {...}, "provenance": {...}}
+
+Engine sidecar (``format`` "ccnet-trt-engine", ``version`` 1), written by ``ccnet export
+tensorrt``::
+
+    {"format", "version", "engine_file", "onnx": {"file", "sha256"}, "tensorrt", "device",
+     "plugin", "plugin_sha256", "plugin_layers", "custom_ops", "dtype", "profile", "inputs",
+     "outputs", "classes", "palette", "input_policy", "check", "built"}
 """
 
 from __future__ import annotations
@@ -30,11 +39,14 @@ if TYPE_CHECKING:
     import onnx
 
 __all__ = [
+    "ENGINE_FORMAT",
+    "ENGINE_VERSION",
     "SIDECAR_FORMAT",
     "SIDECAR_VERSION",
     "TensorSpec",
     "file_sha256",
     "io_specs",
+    "read_engine_sidecar",
     "read_sidecar",
     "sidecar_path",
 ]
@@ -42,6 +54,9 @@ __all__ = [
 SIDECAR_FORMAT = "ccnet-onnx"
 SIDECAR_VERSION = 1
 _REQUIRED = ("model_file", "classes", "palette", "dtype", "opset", "inputs", "outputs")
+ENGINE_FORMAT = "ccnet-trt-engine"
+ENGINE_VERSION = 1
+_ENGINE_REQUIRED = ("engine_file", "tensorrt", "dtype", "inputs", "outputs", "classes", "palette")
 
 
 @dataclass(frozen=True)
@@ -116,15 +131,8 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
     """
     given = Path(path)
     file = given if given.suffix == ".json" else sidecar_path(given)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"export sidecar not found: {file} (written by `ccnet export onnx`)"
-        )
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file}: not valid JSON ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+    data = _load_json(file, "export sidecar", "ccnet export onnx")
+    if data.get("format") != SIDECAR_FORMAT:
         raise ValueError(f"{file}: not a {SIDECAR_FORMAT} sidecar")
     if data.get("version") != SIDECAR_VERSION:
         raise ValueError(
@@ -142,4 +150,61 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
                 f"{file}: {model_file} is not the file this sidecar describes (SHA-256 differs); "
                 "export again"
             )
+    return data
+
+
+def _load_json(file: Path, kind: str, written_by: str) -> dict[str, Any]:
+    if not file.is_file():
+        raise FileNotFoundError(f"{kind} not found: {file} (written by `{written_by}`)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: not a {kind} (a JSON object is expected)")
+    return data
+
+
+def read_engine_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate the sidecar of a TensorRT engine (``engine.json`` beside the plan).
+
+    Args:
+        path: the sidecar itself (``.json``) or the engine file it describes.
+
+    Raises:
+        FileNotFoundError: the sidecar or the engine file is missing.
+        ValueError: not an engine sidecar of this project, an unsupported version, a missing
+            or malformed field, or an engine file that is not the one it describes.
+    """
+    given = Path(path)
+    file = given if given.suffix == ".json" else sidecar_path(given)
+    data = _load_json(file, "engine sidecar", "ccnet export tensorrt")
+    if data.get("format") != ENGINE_FORMAT:
+        raise ValueError(f"{file}: not a {ENGINE_FORMAT} sidecar")
+    if data.get("version") != ENGINE_VERSION:
+        raise ValueError(
+            f"{file}: engine sidecar version {data.get('version')!r}; this code reads "
+            f"{ENGINE_VERSION}"
+        )
+    missing = [key for key in _ENGINE_REQUIRED if key not in data]
+    if missing:
+        raise ValueError(f"{file}: missing fields {', '.join(missing)}")
+    inputs = data["inputs"]
+    if not (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)):
+        raise ValueError(f"{file}: 'inputs' must list the engine's input tensors")
+    if len(inputs[0].get("shape", ())) not in (4, 5):
+        raise ValueError(f"{file}: the input must have 4 (images) or 5 (clips) dims")
+    if not (isinstance(data["classes"], list) and data["classes"]):
+        raise ValueError(f"{file}: 'classes' must be a non-empty list of names")
+    if len(data["palette"]) != len(data["classes"]):
+        colours, classes = len(data["palette"]), len(data["classes"])
+        raise ValueError(f"{file}: {colours} palette colours for {classes} classes")
+    engine = file.parent / str(data["engine_file"])
+    if not engine.is_file():
+        raise FileNotFoundError(f"{file}: the engine file it describes is missing: {engine}")
+    if data.get("sha256") and file_sha256(engine) != data["sha256"]:
+        raise ValueError(
+            f"{file}: {engine} is not the engine this sidecar describes (SHA-256 differs); "
+            "build it again"
+        )
     return data
