@@ -69,17 +69,30 @@ from service.pipeline import labels_from_logits, prepare_image
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "service" / "assets" / "ccnet-tiny.pt"
 MODEL_NAME = "ccnet-tiny"
-SERVERS = ("torch", "torch-1worker", "onnxruntime", "baseline", "overload")
+SERVERS = (
+    "torch",
+    "torch-fp32",
+    "torch-1worker",
+    "onnxruntime",
+    "onnxruntime-fp32",
+    "baseline",
+    "overload",
+)
 LABELS = {
-    "torch": "torch, batched",
+    "torch": "torch, batched, auto precision",
+    "torch-fp32": "torch, batched, fp32",
     "torch-1worker": "torch, batched, 1 worker",
-    "onnxruntime": "onnxruntime, batched",
+    "onnxruntime": "onnxruntime, batched, auto precision",
+    "onnxruntime-fp32": "onnxruntime, batched, fp32",
     "baseline": "baseline (no batching)",
     "overload": "torch, batched, queue {queue}",
 }
 # Servers that run with the service's own parallelism defaults (one single-threaded inference
 # worker per core); the baseline and the 1-worker variant get ``--threads`` for one forward.
-SERVICE_DEFAULTS = ("torch", "onnxruntime", "overload")
+SERVICE_DEFAULTS = ("torch", "torch-fp32", "onnxruntime", "onnxruntime-fp32", "overload")
+# Servers pinned to fp32 (what the service served on CPU before precision selection); the
+# others run the service's default, ``--precision auto``.
+FP32_SERVERS = ("torch-fp32", "onnxruntime-fp32", "torch-1worker")
 CONCURRENCY = (1, 4, 16)
 QUICK_CONCURRENCY = (1, 4)
 OVERLOAD_CLIENTS = 32
@@ -98,7 +111,8 @@ def baseline_app(threads: int, device: str) -> FastAPI:
 
     if threads:
         torch.set_num_threads(threads)
-    settings = Settings(backend="torch", device=device, threads=threads)
+    # the naive server: fp32, every core for each forward (as the service served before)
+    settings = Settings(backend="torch", device=device, threads=threads, precision="fp32")
     backend = load_backend(None, MODEL, settings)
     backend.infer(np.full((1, 3, 64, 64), 127.0, dtype=np.float32))  # the service warms up too
     forward = {"seconds": 0.0, "count": 0}
@@ -173,6 +187,19 @@ def _client_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _served_precision(client: httpx2.Client) -> str:
+    """The image model's precision from /v1/models (the baseline has none)."""
+    try:
+        models = client.get("/v1/models").json()["models"]
+    except (httpx2.HTTPError, ValueError, KeyError, TypeError):
+        return ""
+    for model in models:
+        entry = model.get("precision") if model.get("kind") == "image" else None
+        if isinstance(entry, dict):
+            return f"{entry.get('chosen')} ({float(entry.get('speedup', 1.0)):.2f}x gate)"
+    return ""
+
+
 @dataclass
 class Server:
     """One server process: started, waited on via /readyz, stopped."""
@@ -186,6 +213,7 @@ class Server:
     log: IO[bytes] | None = None
     started: float = 0.0
     ready_after_s: float | None = None
+    precision: str = ""  # what /v1/models says the image model runs in, and its speed-up
 
     @property
     def url(self) -> str:
@@ -224,6 +252,7 @@ class Server:
                     response = None
                 if response is not None and response.status_code == 200:
                     self.ready_after_s = time.perf_counter() - self.started
+                    self.precision = _served_precision(client)
                     return
                 if response is not None and "load_failed" in response.text:
                     raise RuntimeError(f"the {self.label} server failed: {response.text}")
@@ -257,7 +286,7 @@ def make_server(name: str, args: argparse.Namespace) -> Server:
             "--port", str(port), "--threads", str(args.threads), "--device", args.device,
         ]  # fmt: skip
         return Server(name, LABELS[name], argv, env, port)
-    backend = "onnxruntime" if name == "onnxruntime" else "torch"
+    backend = "onnxruntime" if name.startswith("onnxruntime") else "torch"
     argv = [
         sys.executable, "-m", "ccnet_cli", "serve", "--backend", backend,
         "--model", str(MODEL), "--device", args.device, "--port", str(port),
@@ -266,6 +295,7 @@ def make_server(name: str, args: argparse.Namespace) -> Server:
     ]  # fmt: skip
     if name not in SERVICE_DEFAULTS:
         argv += ["--inference-workers", "1", "--threads", str(args.threads)]
+    argv += ["--precision", "fp32" if name in FP32_SERVERS else "auto"]
     if backend == "onnxruntime":
         argv += ["--cache-dir", str(args.cache_dir)]
     if name == "overload":
@@ -488,6 +518,7 @@ def machine_lines(
         f"{package} {metadata.version(package)}" for package in ("torch", "onnxruntime")
     )
     ready = ", ".join(f"{s.label} {s.ready_after_s or 0:.1f} s" for s in servers)
+    precisions = ", ".join(f"{s.label}: {s.precision}" for s in servers if s.precision) or "-"
     openmp = ", ".join(
         f"{key}={os.environ[key]}"
         for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -496,10 +527,11 @@ def machine_lines(
     return [
         f"machine: {cpu}, {cores} cores usable; load average before the servers started "
         f"{' '.join(f'{v:.2f}' for v in load)}; {versions}",
-        f"model: {MODEL_NAME} ({MODEL.name}), float32, device {args.device}; threads: "
-        f"baseline and '1 worker' {args.threads} intra-op threads per forward, the other "
-        f"batched servers the service's default (one single-threaded inference worker per "
-        f"core); OpenMP environment: {openmp or 'library defaults'}",
+        f"model: {MODEL_NAME} ({MODEL.name}), device {args.device}; precision: the baseline "
+        f"and the servers marked fp32 float32, the others the service's auto ({precisions}); "
+        f"threads: baseline and '1 worker' {args.threads} intra-op threads per forward, the "
+        f"other batched servers the service's default (one inference worker per core, a "
+        f"lone request on every core); OpenMP environment: {openmp or 'library defaults'}",
         f"input: scikit-image astronaut resized to {args.size}×{args.size} PNG "
         f"({len(png)} bytes), multipart field 'image', POST /v1/segment, mask PNG back",
         f"batching: --max-batch-size {args.max_batch_size} --max-batch-wait-ms "
@@ -544,7 +576,11 @@ def verdicts(
     targets: dict[str, Any] = {}
     for name, reference in (
         ("torch", "baseline"),
+        ("torch-fp32", "baseline"),
+        ("torch", "torch-fp32"),
         ("torch", "torch-1worker"),
+        ("onnxruntime", "baseline"),
+        ("onnxruntime", "onnxruntime-fp32"),
         ("onnxruntime", "torch"),
     ):
         pairs = [
@@ -555,6 +591,24 @@ def verdicts(
         if pairs:
             ratios = ", ".join(f"{n} client(s) {_ratio(a, b)}" for n, a, b in pairs)
             lines.append(f"throughput, {LABELS[name]} / {LABELS[reference]}: {ratios}")
+    for name in ("torch", "onnxruntime"):  # low load must not be slower than the naive server
+        lone, naive = cells.get((name, 1)), cells.get(("baseline", 1))
+        if lone is None or naive is None:
+            continue
+        ours, theirs = lone.percentile(50), naive.percentile(50)
+        speed = lone.throughput / max(naive.throughput, 1e-9)
+        latency = theirs / ours if ours and theirs else 0.0
+        met = speed >= 1.0 and latency >= 1.0
+        targets[f"{name}_one_client_vs_baseline"] = {
+            "throughput": speed,
+            "p50": latency,
+            "met": met,
+        }
+        lines.append(
+            f"target at 1 client, {LABELS[name]} >= 1.0x the baseline (throughput and p50): "
+            f"{'met' if met else 'NOT met'} (throughput {speed:.2f}x, p50 {_ms(ours)} vs "
+            f"{_ms(theirs)} ms)"
+        )
     at = max(args.concurrency)
     if ("torch", at) in cells and ("baseline", at) in cells:
         speedup = cells[("torch", at)].throughput / max(cells[("baseline", at)].throughput, 1e-9)

@@ -3,13 +3,25 @@
 Runs are counted over the mask in column-major order, starting with a (possibly empty) run
 of zeros; the counts are then delta-coded against the count two places back and written as
 5-bit groups in printable characters. Tests check the result against pycocotools itself.
+
+When pycocotools is installed its C encoder runs instead (a fragmented 2048×1024 mask: about
+ten times faster than the pure version, bench figures in BENCHMARKS.md); the pure version stays
+as the fallback, and tests hold the two to identical strings.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["decode_rle", "encode_rle", "run_lengths"]
+try:  # optional accelerator: the C encoder of the COCO API
+    from pycocotools import mask as _coco_mask
+
+    has_pycocotools = True
+except ImportError:  # pragma: no cover - exercised where pycocotools is absent
+    _coco_mask = None
+    has_pycocotools = False
+
+__all__ = ["decode_rle", "encode_rle", "encode_rle_reference", "has_pycocotools", "run_lengths"]
 
 
 def run_lengths(binary: np.ndarray) -> list[int]:
@@ -39,7 +51,19 @@ def _compress(counts: list[int]) -> str:
 
 
 def encode_rle(binary: np.ndarray) -> dict[str, object]:
-    """``{"size": [h, w], "counts": str}`` for a 2D boolean mask."""
+    """``{"size": [h, w], "counts": str}`` for a 2D boolean mask (pycocotools when present)."""
+    if binary.ndim != 2:
+        raise ValueError(f"RLE encodes 2D masks, got shape {binary.shape}")
+    if _coco_mask is None or binary.size == 0:
+        return encode_rle_reference(binary)
+    height, width = binary.shape
+    # pycocotools wants a Fortran-ordered uint8 (H, W, N) stack
+    encoded = _coco_mask.encode(np.asfortranarray(np.asarray(binary, dtype=np.uint8)[:, :, None]))
+    return {"size": [int(height), int(width)], "counts": encoded[0]["counts"].decode("ascii")}
+
+
+def encode_rle_reference(binary: np.ndarray) -> dict[str, object]:
+    """The pure NumPy/Python encoder (the fallback, and what ``encode_rle`` is tested against)."""
     if binary.ndim != 2:
         raise ValueError(f"RLE encodes 2D masks, got shape {binary.shape}")
     height, width = binary.shape

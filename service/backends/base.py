@@ -9,14 +9,21 @@ so the service's pre- and post-processing is identical whichever backend runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-__all__ = ["BackendError", "InferenceBackend", "ModelInfo"]
+if TYPE_CHECKING:
+    from .precision import PrecisionChoice
+    from .threads import ThreadPolicy
+
+__all__ = ["BackendError", "InferenceBackend", "ModelInfo", "Runner"]
 
 ModelKind = Literal["image", "video"]
+# one forward pass at a fixed precision: float32 RGB batch → float32 logits (the gate's unit)
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 class BackendError(RuntimeError):
@@ -46,6 +53,11 @@ class InferenceBackend(ABC):
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info
+        self.precision = "fp32"  # what ``infer`` computes in (see ``use_precision``)
+        # how it was chosen (set by ``precision.apply_precision``; None: never asked)
+        self.precision_choice: PrecisionChoice | None = None
+        # intra-op threads per pass from the load; None: the runtime's fixed setting
+        self.thread_policy: ThreadPolicy | None = None
 
     @property
     def device(self) -> str:
@@ -62,6 +74,20 @@ class InferenceBackend(ABC):
         Returns:
             float32 logits (B, K, H, W) or (B, K, T, H, W).
         """
+
+    def precision_runners(self, precisions: Sequence[str]) -> tuple[Runner, dict[str, Runner]]:
+        """(fp32 runner, {precision: runner}) for the parity gate; each runner is one
+        forward pass as a lone request would run it. Backends with reduced-precision paths
+        override this; the rest serve fp32 only."""
+        if any(p != "fp32" for p in precisions):
+            raise BackendError(f"the {self.name} backend runs fp32 only, not {list(precisions)}")
+        return self.infer, {}
+
+    def use_precision(self, precision: str) -> None:
+        """Make ``infer`` compute in ``precision`` (one of ``precision_runners``' paths)."""
+        if precision != "fp32":
+            raise BackendError(f"the {self.name} backend runs fp32 only, not {precision}")
+        self.precision = precision
 
     def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing
         """Release what the backend holds (sessions, GPU memory)."""

@@ -21,7 +21,7 @@ def test_service_load_quick_run_prints_a_table_and_answers_every_cell(tmp_path: 
     lines = done.stdout.splitlines()
     assert any(line.startswith("|---") for line in lines), done.stdout
     assert "baseline (no batching)" in done.stdout
-    assert "throughput, torch, batched / baseline (no batching)" in done.stdout
+    assert "throughput, torch, batched, auto precision / baseline (no batching)" in done.stdout
 
     raw = json.loads(raw_path.read_text())
     cells = {(cell["server"], cell["clients"]): cell for cell in raw["cells"]}

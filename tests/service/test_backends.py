@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from export.prepare import prepare_served
 from service.backends import BackendError, load_backend
 from service.core.config import BUNDLED_MODELS, Settings
 from tests.service.conftest import make_client, png_bytes
@@ -38,9 +39,9 @@ def test_torch_and_onnxruntime_give_the_same_masks(cache_dir, astronaut) -> None
         png_bytes(np.asarray(skimage.data.coffee())),
         png_bytes(np.random.default_rng(7).integers(0, 256, (75, 131, 3), dtype=np.uint8)),
     ]
-    with make_client(backend="torch") as torch_client:
+    with make_client(backend="torch", precision="fp32") as torch_client:
         torch_masks = [_mask(torch_client, photo) for photo in photos]
-    with make_client(backend="onnxruntime", cache_dir=cache_dir) as ort_client:
+    with make_client(backend="onnxruntime", cache_dir=cache_dir, precision="fp32") as ort_client:
         models = ort_client.get("/v1/models").json()["models"]
         assert {m["backend"] for m in models} == {"onnxruntime"}
         assert {m["name"] for m in models} == {"ccnet-tiny", "ccnet3d-tiny"}
@@ -56,9 +57,9 @@ def test_torch_and_onnxruntime_give_the_same_masks(cache_dir, astronaut) -> None
 def test_onnxruntime_clip_matches_torch(cache_dir, gif_clip) -> None:
     params = {"output": "json"}
     files = {"video": ("clip.gif", gif_clip, "image/gif")}
-    with make_client(backend="torch") as torch_client:
+    with make_client(backend="torch", precision="fp32") as torch_client:
         expected = torch_client.post("/v1/segment/video", params=params, files=files).json()
-    with make_client(backend="onnxruntime", cache_dir=cache_dir) as ort_client:
+    with make_client(backend="onnxruntime", cache_dir=cache_dir, precision="fp32") as ort_client:
         actual = ort_client.post("/v1/segment/video", params=params, files=files).json()
     assert actual["frame_count"] == expected["frame_count"] == 24
     for ours, theirs in zip(actual["classes"], expected["classes"], strict=True):
@@ -71,7 +72,8 @@ def test_onnxruntime_clip_matches_torch(cache_dir, gif_clip) -> None:
 
 def test_an_onnx_export_is_served_directly_and_named_after_its_folder(cache_dir) -> None:
     settings = Settings(backend="onnxruntime", cache_dir=cache_dir, log_format="text")
-    exported = load_backend(None, IMAGE_MODEL, settings)  # .pt → cached export
+    prepare_served(IMAGE_MODEL, "onnxruntime", settings)  # what `ccnet serve` does first
+    exported = load_backend(None, IMAGE_MODEL, settings)  # .pt → the prepared export
     onnx_path = Path(exported.info.source)
     assert onnx_path.suffix == ".onnx"
     direct = load_backend("street", onnx_path, settings)
@@ -88,6 +90,7 @@ def test_tensorrt_falls_back_to_onnxruntime_without_tensorrt(cache_dir, caplog) 
     except ImportError:
         pass
     settings = Settings(backend="tensorrt", cache_dir=cache_dir, log_format="text")
+    prepare_served(IMAGE_MODEL, "tensorrt", settings)  # prepares the ONNX to fall back on
     with caplog.at_level(logging.WARNING, logger="ccnet.service.models"):
         backend = load_backend(None, IMAGE_MODEL, settings)
     assert backend.name == "onnxruntime"
