@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from model import clip_windows
+
 __all__ = [
     "argmax_labels",
     "plan_windows",
@@ -37,24 +39,17 @@ Infer = Callable[[int, int], np.ndarray]  # (start, stop) → (K, stop - start, 
 def plan_windows(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """Half-open ``[start, stop)`` windows of ``window`` frames covering ``range(num_frames)``.
 
-    Neighbours share ``overlap`` frames. The last window is shifted back to end at
-    ``num_frames`` rather than cut short (the model is run on full windows only), so it may
-    share more than ``overlap`` frames with the one before. A clip of at most ``window`` frames
-    is one window ``(0, num_frames)``.
+    Neighbours share ``overlap`` frames. The plan is ``model.clip_windows.plan_windows`` with
+    ``stride = window - overlap`` — the one planner training and evaluation use too: the last
+    window is moved back to end at ``num_frames`` rather than cut short (the model is run on
+    full windows only), so it may share more than ``overlap`` frames with the one before; a
+    clip of at most ``window`` frames is one window ``(0, num_frames)``.
     """
     if window < 1:
         raise ValueError(f"window must be at least 1 frame, got {window}")
     if not 0 <= overlap < window:
         raise ValueError(f"overlap must be in [0, window) = [0, {window}), got {overlap}")
-    if num_frames < 1:
-        raise ValueError(f"a clip has at least one frame, got num_frames={num_frames}")
-    if num_frames <= window:
-        return [(0, num_frames)]
-    stride = window - overlap
-    windows = [(start, start + window) for start in range(0, num_frames - window + 1, stride)]
-    if windows[-1][1] < num_frames:
-        windows.append((num_frames - window, num_frames))
-    return windows
+    return clip_windows.plan_windows(num_frames, window, window - overlap)
 
 
 def window_weights(length: int) -> np.ndarray:

@@ -8,10 +8,17 @@ stays instant):
 * ``training.synth``     the deterministic synthetic scene / clip generator (``ccnet synth``)
 * ``training.transforms`` augmentation and evaluation preprocessing (images and clips)
 * ``training.losses``    cross-entropy, OHEM, auxiliary weighting, category-consistent loss
-* ``training.loop``      ``train(config)``: SGD + poly LR, AMP, accumulation, DDP, checkpoints
-* ``training.evaluate``  whole / sliding-window / multi-scale inference and scoring
+* ``training.loop``      ``train(config)``: the steps, validation, checkpoints, stopping
+* ``training.config``    ``TrainConfig``, its YAML/JSON + command-line resolution, and the
+  factories that turn settings into transforms, data sets, samplers and losses
+* ``training.optim``     parameter groups, SGD and the poly schedule (``training.schedule``)
+* ``training.run_state`` what a resumable checkpoint restores (``training.state``: the files)
+* ``training.interrupt`` SIGTERM / SIGINT: checkpoint the step, then stop
+* ``training.evaluate``  whole / sliding-window / multi-scale inference, the prediction
+  iterator, scoring (overall and by group)
 * ``training.metrics``   the confusion matrix and its mIoU / IoU / pixel accuracy
-* ``training.config``    ``TrainConfig`` and its YAML/JSON + command-line resolution
+* ``training.report``    ``ccnet evaluate --report``: confusion-matrix and IoU charts + JSON
+* ``training.overlays``  validation pictures (input | truth | prediction) for TensorBoard
 
 Library use::
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    train.add_argument(
+        "--export",
+        choices=("onnx",),
+        help="after the run, export best.pt (final.pt without validation) to RUN_DIR/model.onnx "
+        "+ model.json, checked against PyTorch (as `ccnet export onnx`)",
+    )
     add_config_arguments(train)
     train.set_defaults(handler=_cmd_train)
 
@@ -35,7 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="score a checkpoint on a data set (mIoU, per-class IoU, pixel accuracy)",
         description="Confusion-matrix mIoU of a checkpoint on a split. CCNet3D checkpoints "
         "score clips in windows covering every frame once; 2D checkpoints score clip data "
-        "frame by frame.",
+        "frame by frame. --report DIR writes the confusion matrix and per-class IoU as PNG "
+        "charts with a JSON; --corruptions breaks a `ccnet synth --kind clips` split down by "
+        "how each frame was corrupted.",
     )
     evaluate.add_argument("checkpoint", metavar="CKPT", help="a checkpoint of this project")
     evaluate.add_argument("--data", required=True, help="data set folder")
@@ -48,7 +57,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--mode", choices=("whole", "slide", "multiscale"), default="whole", help="inference"
     )
-    evaluate.add_argument("--tile", type=_positive_int, help="sliding-window size (slide)")
+    evaluate.add_argument(
+        "--tile",
+        type=_positive_int,
+        help="sliding-window size (default for slide: the checkpoint's training crop)",
+    )
     evaluate.add_argument("--stride", type=_positive_int, help="sliding-window step")
     evaluate.add_argument(
         "--scales",
@@ -62,8 +75,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--clip-length", type=_positive_int, help="CCNet3D window length")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    evaluate.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32 (default); bf16 (CPU) or fp16 (CUDA) autocast; auto: what the service's "
+        "parity gate picks for this checkpoint here (service/backends/precision.py)",
+    )
     evaluate.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write DIR/report.json, DIR/confusion.png and DIR/iou.png",
+    )
+    evaluate.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="also score clean and corrupted frames apart (clips written by `ccnet synth`)",
+    )
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     synth = commands.add_parser(
@@ -109,11 +139,11 @@ def _scales(text: str) -> tuple[float, ...]:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from training.config import load_config_file, resolve_config
+    from training.interrupt import Interrupted
     from training.loop import train
 
-    flags = {
-        k: v for k, v in vars(args).items() if k not in ("command", "handler", "config", "resume")
-    }
+    cli_only = ("command", "handler", "config", "resume", "export")
+    flags = {k: v for k, v in vars(args).items() if k not in cli_only}
     base: dict[str, Any] = {}
     if args.resume:
         out = flags.get("out") or (
@@ -125,9 +155,39 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if saved.is_file():
             base = json.loads(saved.read_text())
     config = resolve_config(flags, args.config, base=base)
-    summary = train(config, resume=args.resume)
-    if summary.get("world_size", 1) == 1 or _is_rank_zero():
+    try:
+        summary = train(config, resume=args.resume)
+    except Interrupted as stopped:
+        if _is_rank_zero():
+            print(f"ccnet train: {stopped}", file=sys.stderr)
+        raise SystemExit(stopped.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl-C during setup, or a second one during a step
+        if _is_rank_zero():
+            print(
+                "ccnet train: interrupted; --resume continues from the last committed checkpoint",
+                file=sys.stderr,
+            )
+        raise SystemExit(130) from None
+    rank_zero = summary.get("world_size", 1) == 1 or _is_rank_zero()
+    if args.export and rank_zero and summary.get("iterations") == config.iterations:
+        summary["export"] = _export_run(Path(config.out))
+    if rank_zero:
         print(json.dumps(summary, indent=2))
+
+
+def _export_run(run_dir: Path) -> dict[str, Any]:
+    """The finished run's best model as a parity-checked ONNX file beside its checkpoints."""
+    from export.onnx import export_onnx
+
+    checkpoint = run_dir / "best.pt"
+    if not checkpoint.is_file():
+        checkpoint = run_dir / "final.pt"
+    result = export_onnx(checkpoint, run_dir)
+    return {
+        "checkpoint": str(checkpoint),
+        "onnx": str(result.model_path),
+        "sidecar": str(result.sidecar_path),
+    }
 
 
 def _is_rank_zero() -> bool:
@@ -137,22 +197,32 @@ def _is_rank_zero() -> bool:
 # --------------------------------------------------------------------------- evaluate
 
 
+def _evaluation_precision(args: argparse.Namespace, model: Any, meta: Any, device: Any) -> str:
+    """``--precision`` resolved for this checkpoint and machine (auto: the service's gate)."""
+    from service.backends.precision import resolve_checkpoint_precision
+    from service.core.config import Settings
+
+    cache_dir = Settings(_env_file=None).cache_dir
+    return resolve_checkpoint_precision(
+        args.precision, Path(args.checkpoint), model, meta, str(device), cache_dir
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from model import load_checkpoint
+    from service.backends.precision import autocast
     from training import distributed
     from training.datasets import ClipDataset, check_split, load_split
-    from training.evaluate import InferenceSettings, build_eval_dataset, evaluate_model
+    from training.evaluate import build_eval_dataset, evaluate_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = InferenceSettings(
-        mode=args.mode, tile=args.tile, stride=args.stride, scales=args.scales, flip=args.flip
-    )
     ctx = distributed.setup(args.device)
     try:
         model, meta = load_checkpoint(args.checkpoint)
+        settings = _inference_settings(args, meta)
         index = load_split(args.data, args.split, args.layout, progress=not args.json)
         check_split(index, progress=not args.json)
         classes = list(meta["classes"])
@@ -161,49 +231,108 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 f"{args.data}: the data set has {index.num_classes} classes, the checkpoint "
                 f"{args.checkpoint} {len(classes)}"
             )
+        groups, groups_of = _groups(index, args.corruptions)
         model.to(ctx.device)
+        precision = _evaluation_precision(args, model, meta, ctx.device)
         dataset = build_eval_dataset(index, model, args.clip_length)
-        matrix = evaluate_model(
-            model,
-            dataset,
-            len(classes),
-            settings,
-            device=ctx.device,
-            shard=(ctx.rank, ctx.world_size),
-            workers=args.workers,
-            progress=not args.json,
-        )
-        distributed.all_reduce_sum(matrix.matrix)
+        with autocast(precision, ctx.device.type):
+            matrices, counts = evaluate_groups(
+                model,
+                dataset,
+                len(classes),
+                groups,
+                groups_of,
+                settings,
+                device=ctx.device,
+                shard=(ctx.rank, ctx.world_size),
+                workers=args.workers,
+                progress=not args.json,
+            )
+        for group in groups:  # the same order on every process
+            distributed.all_reduce_sum(matrices[group].matrix)
+        frames = distributed.all_reduce_sum(torch.tensor([counts[g] for g in groups]))
     finally:
         distributed.teardown()
     if not ctx.is_main:
         return
-    config = meta["config"]
+    matrix = matrices["all"]
+    if isinstance(dataset, ClipDataset):
+        unit = "clip windows"
+    else:
+        unit = "frames" if index.clips is not None else "images"
     result = {
         "checkpoint": str(args.checkpoint),
-        "model": config["name"],
+        "model": meta["config"]["name"],
         "data": str(args.data),
         "layout": index.layout,
         "split": args.split,
-        "mode": args.mode,
-        "unit": "clip windows" if isinstance(dataset, ClipDataset) else "frames",
+        "mode": settings.mode,
+        "tile": settings.tile,
+        "precision": precision,
+        "unit": unit,
         "samples": len(dataset),  # type: ignore[arg-type]
         **matrix.summary(classes),
     }
+    if args.corruptions:
+        result["corruptions"] = {
+            "mIoU": {g: matrices[g].summary()["mIoU"] for g in groups},
+            "frames": dict(zip(groups, (int(n) for n in frames), strict=True)),
+        }
+    if args.report:
+        from training.report import write_report
+
+        result["report"] = write_report(args.report, result, matrix.matrix.numpy(), classes)
     if args.json:
         print(json.dumps(result))
         return
-    print(
-        f"{result['model']} on {args.data} ({index.layout}, {args.split}, {args.mode}): "
-        f"{result['samples']} {result['unit']}, {result['pixels']} pixels"
+    _print_result(result, classes)
+
+
+def _inference_settings(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
+    """The flags as ``InferenceSettings``; slide without --tile takes the training crop."""
+    from training.evaluate import InferenceSettings, default_tile
+
+    tile = args.tile
+    if tile is None and args.mode == "slide":
+        tile = default_tile(meta)
+        if tile is None:
+            raise ValueError(
+                f"{args.checkpoint}: records no training crop; pass --tile for --mode slide"
+            )
+    return InferenceSettings(
+        mode=args.mode, tile=tile, stride=args.stride, scales=args.scales, flip=args.flip
     )
-    width = max(len(c) for c in classes)
+
+
+def _groups(index: Any, corruptions: bool) -> tuple[tuple[str, ...], Any]:
+    """The groups frames are scored in: ``all``, and with ``--corruptions`` the synth ones."""
+    if not corruptions:
+        return ("all",), lambda frame: ("all",)
+    from training.synth import CORRUPTION_GROUPS, corruption_groups
+
+    return CORRUPTION_GROUPS, corruption_groups(index)
+
+
+def _print_result(result: dict[str, Any], classes: list[str]) -> None:
+    print(
+        f"{result['model']} on {result['data']} ({result['layout']}, {result['split']}, "
+        f"{result['mode']}): {result['samples']} {result['unit']}, {result['pixels']} pixels"
+    )
+    width = max(len(c) for c in [*classes, "corrupted"])
     for name, iou in result["per_class_iou"].items():
         shown = "   n/a" if iou is None else f"{100 * iou:6.2f}"
         print(f"  {name:<{width}}  IoU {shown}")
     miou = result["mIoU"]
     print(f"  {'mIoU':<{width}}      {'n/a' if miou is None else f'{100 * miou:6.2f}'}")
     print(f"  {'pixel acc':<{width}}      {100 * (result['pixel_acc'] or 0):6.2f}")
+    if "corruptions" in result:
+        print("  by frame corruption:")
+        for group, value in result["corruptions"]["mIoU"].items():
+            shown = "   n/a" if value is None else f"{100 * value:6.2f}"
+            frames = result["corruptions"]["frames"][group]
+            print(f"  {group:<{width}}  mIoU {shown}  ({frames} frames)")
+    if "report" in result:
+        print(f"  report: {', '.join(result['report'].values())}")
 
 
 # --------------------------------------------------------------------------- synth

@@ -6,8 +6,11 @@ The flags of ``ccnet train`` are generated from the fields below (``--batch-size
 never drift apart; ``help`` in each field's metadata is the flag's help text.
 
 Defaults follow the official CCNet recipe where one exists (SGD, momentum 0.9, weight decay
-5e-4, lr 0.01, poly power 0.9, auxiliary weight 0.4, OHEM threshold 0.7, category-consistent
-loss margins 0.5 / 1.5 and weights 1 / 1 / 0.001).
+5e-4, poly power 0.9, auxiliary weight 0.4, OHEM threshold 0.7, category-consistent loss
+margins 0.5 / 1.5 and weights 1 / 1 / 0.001). Crop size, batch size, iterations and learning
+rate default to the model's zoo recipe (``model.zoo.get_recipe``): 128 / 8 / 3000 / 0.02 for
+``ccnet-tiny``, the paper's 769 / 8 / 60 000 / 0.01 for the ResNet models; the resolved numbers
+are what ``config.json`` records.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from torch.utils.data import Dataset
+
+from model.zoo import Normalization, get_recipe
+from training.datasets import ClipDataset, FrameDataset, SplitIndex
 from training.datasets.index import Layout
+from training.losses import CategoryConsistentLoss, SegmentationLoss
+from training.sampler import SeededBatchSampler
+from training.transforms import TrainTransform
 
 __all__ = [
     "TrainConfig",
@@ -30,6 +40,10 @@ __all__ = [
     "load_config_file",
     "resolve_config",
 ]
+
+
+_FROM_RECIPE = ("iterations", "batch_size", "lr", "crop_size")
+"""Fields whose default is the model's ``model.recipes.TrainingRecipe`` (``model.zoo``)."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -60,14 +74,21 @@ class TrainConfig:
         default="val", metadata=_help("split to validate on (none: skip validation)")
     )
     # schedule
-    iterations: int = field(default=40_000, metadata=_help("optimiser steps"))
-    batch_size: int = field(
-        default=8, metadata=_help("samples per process per step (clips count as one sample)")
+    iterations: int | None = field(
+        default=None, metadata=_help("optimiser steps (default: the model's recipe)")
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "samples per process per step, clips counting as one (default: the model's recipe)"
+        ),
     )
     accumulate: int = field(
         default=1, metadata=_help("gradient accumulation: micro-batches per optimiser step")
     )
-    lr: float = field(default=0.01, metadata=_help("base learning rate"))
+    lr: float | None = field(
+        default=None, metadata=_help("base learning rate (default: the model's recipe)")
+    )
     head_lr_mult: float = field(
         default=1.0,
         metadata=_help(
@@ -92,7 +113,9 @@ class TrainConfig:
         default=0.1, metadata=_help("warm-up starts at this fraction of the poly lr")
     )
     # augmentation
-    crop_size: int = field(default=512, metadata=_help("square training crop, pixels"))
+    crop_size: int | None = field(
+        default=None, metadata=_help("square training crop, pixels (default: the model's recipe)")
+    )
     scale_min: float = field(default=0.5, metadata=_help("random scale lower bound"))
     scale_max: float = field(default=2.0, metadata=_help("random scale upper bound"))
     flip: bool = field(default=True, metadata=_help("random horizontal flip"))
@@ -108,6 +131,10 @@ class TrainConfig:
         default=100_000, metadata=_help("OHEM: keep at least this many pixels per batch")
     )
     aux_weight: float = field(default=0.4, metadata=_help("weight of the auxiliary head's loss"))
+    aux_ohem: bool = field(
+        default=False,
+        metadata=_help("with --loss ohem, mine the auxiliary output too (official: plain CE)"),
+    )
     cc_loss: bool = field(
         default=False, metadata=_help("add the category-consistent loss (TPAMI) on the RCCA output")
     )
@@ -163,6 +190,10 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_help("show progress bars"))
 
     def __post_init__(self) -> None:
+        recipe = get_recipe(self.model)  # unset schedule settings come from the model's entry
+        for name in _FROM_RECIPE:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(recipe, name))
         positive = ("iterations", "batch_size", "accumulate", "crop_size", "clip_stride", "cc_dim")
         for name in positive:
             if getattr(self, name) < 1:
@@ -190,6 +221,68 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # Factories: each setting is turned into the object that uses it here and only here, so a
+    # new field is declared and wired in this one class.
+
+    def train_transform(self, normalization: Normalization) -> TrainTransform:
+        """The augmentation: random scale, crop, flip and jitter."""
+        return TrainTransform(
+            normalization,
+            (self.crop_size, self.crop_size),
+            (self.scale_min, self.scale_max),
+            self.flip,
+            self.jitter,
+        )
+
+    def train_dataset(
+        self, index: SplitIndex, normalization: Normalization, clip_length: int | None
+    ) -> Dataset:
+        """Training samples: frames, or windows of ``clip_length`` frames for a video model."""
+        transform = self.train_transform(normalization)
+        if clip_length is not None:
+            return ClipDataset(index, clip_length, transform, self.clip_stride)
+        return FrameDataset(index, transform)
+
+    def batch_sampler(
+        self, num_samples: int, rank: int, world_size: int, iteration: int
+    ) -> SeededBatchSampler:
+        """The data stream from step ``iteration`` on (a pure function of the step)."""
+        return SeededBatchSampler(
+            num_samples,
+            self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            start_batch=iteration * self.accumulate,
+        )
+
+    def segmentation_loss(self) -> SegmentationLoss:
+        """The main criterion (cross-entropy or OHEM) plus the weighted auxiliary loss."""
+        return SegmentationLoss(
+            self.loss,
+            aux_weight=self.aux_weight,
+            ohem_threshold=self.ohem_threshold,
+            ohem_min_kept=self.ohem_min_kept,
+            aux_ohem=self.aux_ohem,
+        )
+
+    def category_consistent_loss(
+        self, in_channels: int, num_classes: int
+    ) -> CategoryConsistentLoss | None:
+        """The TPAMI category-consistent loss on ``in_channels`` features, if enabled."""
+        if not self.cc_loss:
+            return None
+        return CategoryConsistentLoss(
+            in_channels,
+            num_classes,
+            embed_dim=self.cc_dim,
+            delta_v=self.cc_delta_v,
+            delta_d=self.cc_delta_d,
+            alpha=self.cc_alpha,
+            beta=self.cc_beta,
+            gamma=self.cc_gamma,
+        )
 
 
 _HINTS = get_type_hints(TrainConfig)
@@ -338,7 +431,8 @@ def command_line(config: TrainConfig) -> str:
     words = ["ccnet", "train"]
     for name in _FIELDS:
         value = getattr(config, name)
-        if value == getattr(defaults, name) and name not in ("model", "data", "out"):
+        # the recipe's values are always written: the command must not depend on the zoo
+        if value == getattr(defaults, name) and name not in ("model", "data", "out", *_FROM_RECIPE):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):

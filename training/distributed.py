@@ -9,20 +9,24 @@ suite runs two processes on one machine).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "DistributedContext",
     "all_gather_objects",
+    "all_reduce_max",
     "all_reduce_sum",
     "barrier",
     "setup",
     "teardown",
+    "wrap",
 ]
 
 
@@ -102,3 +106,42 @@ def all_gather_objects(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over processes (``value`` itself in a single process)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def _restride_like(param: Tensor) -> Callable[[Tensor], Tensor]:
+    def hook(grad: Tensor) -> Tensor:
+        if grad.stride() == param.stride() or not (grad.is_contiguous() and param.is_contiguous()):
+            return grad
+        return grad.as_strided(param.shape, param.stride())  # same memory, other unit strides
+
+    return hook
+
+
+def wrap(module: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` when this is a multi-process run, else itself.
+
+    Why the gradient hooks: the fast criss-cross attention's backward (``model.axial``) hands
+    its q/k/v gradients back channels-last, so the 1×1 projection convolutions produce weight
+    gradients whose size-1 axes carry channels-last strides — ``(C, 1, C, C)`` instead of the
+    parameter's ``(C, 1, 1, 1)``. The bytes are laid out identically (a 1×1 kernel has one
+    order), but DDP compares strides literally, warns "Grad strides do not match bucket view
+    strides" and copies each such gradient into its bucket. Each 1×1 parameter's gradient is
+    therefore re-viewed with the parameter's own strides as it is produced: no copy, no change
+    in value, and the buckets match.
+    """
+    if not ctx.distributed:
+        return module
+    for param in module.parameters():
+        if param.requires_grad and param.dim() > 2 and all(s == 1 for s in param.shape[2:]):
+            param.register_hook(_restride_like(param))
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)

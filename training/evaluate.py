@@ -18,9 +18,9 @@ Clips work the same way: the last two axes are always (H, W); a CCNet3D scores w
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from model import CCNet, CCNet3D
+from model import CCNet, CCNet3D, resize_logits
+from model.zoo import get_recipe, list_models
 from training.datasets import ClipDataset, FrameDataset, SplitIndex
 from training.metrics import ConfusionMatrix
 from training.transforms import EvalTransform
@@ -36,9 +37,13 @@ from training.transforms import EvalTransform
 __all__ = [
     "InferenceMode",
     "InferenceSettings",
+    "Prediction",
     "build_eval_dataset",
+    "default_tile",
+    "evaluate_groups",
     "evaluate_model",
     "predict_scores",
+    "predictions",
 ]
 
 InferenceMode = Literal["whole", "slide", "multiscale"]
@@ -80,16 +85,13 @@ class InferenceSettings:
         return self.stride if self.stride is not None else max(1, math.ceil(self.tile * 2 / 3))
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of the last two axes of (B, C, H, W) or (B, C, T, H, W)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.dim() == 5:
-        batch = x.shape[0]
-        frames = x.transpose(1, 2).flatten(0, 1)
-        frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
-        return frames.unflatten(0, (batch, -1)).transpose(1, 2)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def _resize(x: Tensor, size: tuple[int, int], model: CCNet) -> Tensor:
+    """Bilinear resize of the last two axes on the model's grid (``model.resize_logits``).
+
+    Used for the multi-scale inputs as well as the scores: the official multi-scale test also
+    resizes the image corner to corner, as its logits are.
+    """
+    return resize_logits(x, size, model.align_corners)
 
 
 def _positions(length: int, tile: int, stride: int) -> list[int]:
@@ -141,11 +143,11 @@ def predict_scores(model: CCNet, x: Tensor, settings: InferenceSettings) -> Tens
     total: Tensor | None = None
     for scale in settings.scales:
         scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        scaled = _resize(x, scaled_size)
+        scaled = _resize(x, scaled_size, model)
         for mirrored in (False, True) if settings.flip else (False,):
             inputs = scaled.flip(-1) if mirrored else scaled
             probs = _forward(model, inputs, settings).softmax(dim=1)
-            probs = _resize(probs.flip(-1) if mirrored else probs, size)
+            probs = _resize(probs.flip(-1) if mirrored else probs, size, model)
             total = probs if total is None else total + probs
     assert total is not None
     return total
@@ -176,6 +178,70 @@ def _batches(dataset: Dataset, shard: tuple[int, int], workers: int) -> Iterator
     return iter(loader)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One evaluated sample: the frames it scores, their labels and the network input.
+
+    Args:
+        frames: the split's frame indices (``SplitIndex.frames``) of the scored frames.
+        labels: (N, H, W) predicted class ids, one per scored frame.
+        target: (N, H, W) true class ids (255 = ignore).
+        image: the normalised input, (1, 3, H, W) or (1, 3, T, H, W) (for pictures).
+    """
+
+    frames: tuple[int, ...]
+    labels: Tensor
+    target: Tensor
+    image: Tensor
+
+
+def predictions(
+    model: CCNet,
+    dataset: Dataset,
+    settings: InferenceSettings = InferenceSettings(),
+    *,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 0,
+    progress: bool = True,
+) -> Iterator[Prediction]:
+    """Every sample of this process's shard of ``dataset``, predicted: what evaluation, the
+    corruption breakdown and the validation pictures all consume.
+
+    A CCNet3D given single frames sees them as clips of one frame; a clip window yields only
+    the frames it counts (``ClipDataset``: each frame once). The model is put in eval mode
+    (and left there).
+    """
+    model.eval()
+    video = isinstance(model, CCNet3D)
+    clips = isinstance(dataset, ClipDataset)
+    total = len(range(shard[0], len(dataset), shard[1]))  # type: ignore[arg-type]
+    for batch in tqdm(
+        _batches(dataset, shard, workers),
+        total=total,
+        desc="evaluating",
+        unit="sample",
+        disable=not progress,
+        leave=False,
+    ):
+        x = batch["image"].to(device)
+        target = batch["mask"].to(device)
+        single_frame = video and x.dim() == 4
+        scores = predict_scores(model, x.unsqueeze(2) if single_frame else x, settings)
+        labels = scores.argmax(dim=1)
+        if single_frame:
+            labels = labels[:, 0]
+        index = int(batch["index"][0])
+        if clips:  # (1, T, H, W): the window's frames, less those another window scored
+            window, counted = dataset.windows[index]  # type: ignore[attr-defined]
+            keep = batch["count"][0]
+            frames = tuple(f for f, c in zip(window, counted, strict=True) if c)
+            labels, target = labels[0][keep.to(device)], target[0][keep.to(device)]
+        else:  # (1, H, W)
+            frames = (index,)
+        yield Prediction(frames, labels, target, x)
+
+
 def evaluate_model(
     model: CCNet,
     dataset: Dataset,
@@ -189,32 +255,53 @@ def evaluate_model(
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` over ``dataset`` (this process's shard of it).
 
-    A CCNet3D given single frames sees them as clips of one frame; clip windows count only
-    their ``count`` frames. The model is put in eval mode (and left there).
+    Every frame is scored once (see ``predictions``). The model is left in eval mode.
     """
-    model.eval()
     matrix = ConfusionMatrix(num_classes)
-    video = isinstance(model, CCNet3D)
-    total = len(range(shard[0], len(dataset), shard[1]))  # type: ignore[arg-type]
-    for batch in tqdm(
-        _batches(dataset, shard, workers),
-        total=total,
-        desc="evaluating",
-        unit="sample",
-        disable=not progress,
-        leave=False,
+    for predicted in predictions(
+        model, dataset, settings, device=device, shard=shard, workers=workers, progress=progress
     ):
-        x = batch["image"].to(device)
-        target = batch["mask"].to(device)
-        single_frame = video and x.dim() == 4
-        if single_frame:
-            x = x.unsqueeze(2)
-        scores = predict_scores(model, x, settings)
-        prediction = scores.argmax(dim=1)
-        if single_frame:
-            prediction = prediction[:, 0]
-        if "count" in batch:  # (B, T): drop frames another window already scored
-            keep = batch["count"].to(device)
-            prediction, target = prediction[keep], target[keep]
-        matrix.update(prediction, target)
+        matrix.update(predicted.labels, predicted.target)
     return matrix
+
+
+def evaluate_groups(
+    model: CCNet,
+    dataset: Dataset,
+    num_classes: int,
+    groups: Sequence[str],
+    groups_of: Callable[[int], Sequence[str]],
+    settings: InferenceSettings = InferenceSettings(),
+    *,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, ConfusionMatrix], dict[str, int]]:
+    """A confusion matrix and a frame count for each of ``groups``, ``groups_of(frame)`` naming
+    a frame's groups (e.g. ``["all", "corrupted", "blur"]``); the same pass as
+    ``evaluate_model``. Every group gets its entries, seen or not, so processes can sum them.
+    """
+    matrices = {group: ConfusionMatrix(num_classes) for group in groups}
+    counts = dict.fromkeys(groups, 0)
+    for predicted in predictions(
+        model, dataset, settings, device=device, shard=shard, workers=workers, progress=progress
+    ):
+        for n, frame in enumerate(predicted.frames):
+            for group in groups_of(frame):
+                matrices[group].update(predicted.labels[n], predicted.target[n])
+                counts[group] += 1
+    return matrices, counts
+
+
+def default_tile(meta: Mapping[str, Any]) -> int | None:
+    """The sliding-window tile for a checkpoint: the crop it was trained on (its provenance),
+    else its zoo model's recipe crop (converted official weights), else None."""
+    train_config = meta.get("provenance", {}).get("train_config") or {}
+    crop = train_config.get("crop_size")
+    if isinstance(crop, int) and crop > 0:
+        return crop
+    name = meta.get("config", {}).get("name")
+    if name in list_models():
+        return get_recipe(name).crop_size
+    return None

@@ -1,4 +1,4 @@
-"""The training loop: data, model, optimiser, schedule, AMP, DDP, validation, checkpoints.
+"""The training loop: one optimiser step after another, validation, checkpoints, stopping.
 
 One call, ``train(config)``, runs a whole job in one process or, under ``torchrun``, in each of
 several. A run lives in ``config.out``::
@@ -9,12 +9,20 @@ several. A run lives in ``config.out``::
     final.pt           the model after the last step
     history.json       every validation result
     summary.json       timing, throughput and results of the finished run
-    tb/                TensorBoard scalars
+    tb/                TensorBoard scalars and validation pictures
+
+The parts live elsewhere, one job each: settings and the factories that turn them into a
+transform, a data set, a sampler and the losses (``training.config``), parameter groups and the
+schedule (``training.optim``), the state a checkpoint restores (``training.run_state``),
+evaluation (``training.evaluate``), pictures (``training.overlays``), signals
+(``training.interrupt``) and processes (``training.distributed``).
 
 Exact resume. The data stream is a pure function of the step (``SeededBatchSampler``), the
 schedule of the step count, and model, optimiser, scheduler, grad scaler, the loss's own
 weights and every RNG are restored from the checkpoint, so an interrupted and resumed run ends
-with the same weights as an uninterrupted one.
+with the same weights as an uninterrupted one — also after SIGTERM or Ctrl-C, which write a
+checkpoint at the step they interrupt, and after ``stop_at``; a run always ends on a committed
+checkpoint.
 """
 
 from __future__ import annotations
@@ -26,13 +34,13 @@ import random
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -41,27 +49,28 @@ from model.checkpoint import default_palette, read_checkpoint
 from model.files import write_json_atomic
 from training import distributed
 from training.config import TrainConfig, command_line
-from training.datasets import ClipDataset, FrameDataset, SplitIndex, check_split, load_split
+from training.datasets import SplitIndex, check_split, load_split
 from training.distributed import DistributedContext
-from training.evaluate import InferenceSettings, build_eval_dataset, evaluate_model
-from training.losses import CategoryConsistentLoss, SegmentationLoss
+from training.evaluate import InferenceSettings, build_eval_dataset, predictions
+from training.interrupt import Interrupted, StopRequest, ignore_interrupts
+from training.metrics import ConfusionMatrix
 from training.objective import TrainingObjective
-from training.sampler import SeededBatchSampler
+from training.optim import build_optimizer, build_scheduler
+from training.overlays import overlay_strip
+from training.provenance import provenance, run_summary
+from training.run_state import RunState
 from training.scalars import ScalarLog
-from training.schedule import PolyWarmupLR
 from training.state import (
     capture_rng,
     checkpoint_dir,
     commit_checkpoint,
     latest_checkpoint,
     load_state,
-    restore_rng,
     save_state,
 )
-from training.transforms import TrainTransform
 from training.warmstart import load_matching_weights
 
-__all__ = ["RESUMABLE_CHANGES", "train"]
+__all__ = ["RESUMABLE_CHANGES", "VAL_PICTURES", "train"]
 
 RESUMABLE_CHANGES = frozenset(
     {
@@ -70,6 +79,9 @@ RESUMABLE_CHANGES = frozenset(
     }
 )  # fmt: skip
 """Settings a resumed run may change; any other difference would change the result."""
+
+VAL_PICTURES = 4
+"""Validation samples shown in TensorBoard (input | truth | prediction) at each evaluation."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -90,8 +102,76 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: Pa
         raise ValueError(f"{run_dir}: cannot resume with changed settings ({details})")
 
 
-class _Run:
-    """State of one training job in this process (built by ``train``)."""
+def _prepare_run_dir(config: TrainConfig, resume: bool, main: bool) -> bool:
+    """Check the run folder and record the settings; True when a checkpoint is to be restored.
+
+    ``--resume`` on a folder that holds the run's settings but no checkpoint yet (the run was
+    killed during setup, or with SIGKILL before its first checkpoint) starts from step 0: with
+    nothing trained, that *is* continuing exactly.
+    """
+    run_dir = Path(config.out)
+    pointer = run_dir / "checkpoints" / "latest"
+    saved = run_dir / "config.json"
+    restore = False
+    if resume:
+        if saved.is_file():
+            _check_resume_config(json.loads(saved.read_text()), config, run_dir)
+        if pointer.exists() or not saved.is_file():
+            latest_checkpoint(run_dir)  # fails early when there is nothing to resume
+            restore = True
+        elif main:
+            print(f"note: {run_dir} has no checkpoint yet; starting at step 0", file=sys.stderr)
+    elif pointer.exists():
+        raise ValueError(
+            f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if main:
+        write_json_atomic(saved, config.to_dict())
+    return restore
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The checked splits and the classes they share."""
+
+    train: SplitIndex
+    val: SplitIndex | None
+    classes: list[str]
+    palette: list[list[int]]
+
+
+def _load_data(config: TrainConfig, show: bool, main: bool) -> _Data:
+    """Both splits, every file checked; a warning when the crop exceeds the images."""
+    train = load_split(config.data, config.train_split, config.layout, progress=show)
+    height, width = check_split(train, progress=show)
+    if main and config.crop_size > min(height, width):
+        print(
+            f"warning: --crop-size {config.crop_size} is larger than the training images "
+            f"(at most {height}×{width}): crops are mostly padding and steps cost more; "
+            f"consider --crop-size {min(height, width)}",
+            file=sys.stderr,
+        )
+    val = None
+    if config.val_split:
+        val = load_split(config.data, config.val_split, config.layout, progress=show)
+        check_split(val, progress=show)
+    classes = list(train.classes)
+    if val is not None and val.num_classes != len(classes):
+        raise ValueError(
+            f"{config.data}: {config.val_split} has {val.num_classes} classes, "
+            f"{config.train_split} has {len(classes)}"
+        )
+    palette = [list(c) for c in train.palette] if train.palette else default_palette(classes)
+    return _Data(train, val, classes, palette)
+
+
+class _Trainer:
+    """One training job in this process (built by ``train``).
+
+    Names: ``network`` is the CCNet, ``objective`` the network with its losses (what a step
+    differentiates), ``replica`` the module a step calls — ``objective`` itself, or its
+    ``DistributedDataParallel`` wrapper under ``torchrun``.
+    """
 
     def __init__(self, config: TrainConfig, ctx: DistributedContext, resume: bool, command: str):
         self.started = time.perf_counter()  # wall clock of this session, setup included
@@ -103,259 +183,136 @@ class _Run:
         self.show = self.main and config.progress
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        self._prepare_run_dir(resume)
+        restore = _prepare_run_dir(config, resume, self.main)
         _seed_everything(config.seed + ctx.rank)
 
-        self.train_index = self._load_index(config.train_split)
-        self.val_index = self._load_index(config.val_split) if config.val_split else None
-        self.classes = list(self.train_index.classes)
-        if self.val_index is not None and self.val_index.num_classes != len(self.classes):
-            raise ValueError(
-                f"{config.data}: {config.val_split} has {self.val_index.num_classes} classes, "
-                f"{config.train_split} has {len(self.classes)}"
-            )
-        palette = self.train_index.palette
-        self.palette = [list(c) for c in palette] if palette else default_palette(self.classes)
-
-        self.model = build_model(config.model, num_classes=len(self.classes))
-        assert self.model.config is not None
-        self.model_config = self.model.config
-        self.init_report = ""
-        if config.init:
-            loaded, skipped = load_matching_weights(self.model, config.init)
-            self.init_report = f"initialised {len(loaded)} tensors from {config.init}"
-            if skipped:
-                shown = ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else "")
-                self.init_report += f", kept {len(skipped)} fresh ({shown})"
-        self.model.to(ctx.device)
-        if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-
-        self.video = isinstance(self.model, CCNet3D)
-        self.clip_length = config.clip_length or self.model_config.clip_length
-        self.train_dataset = self._train_dataset()
+        self.data = _load_data(config, self.show, self.main)
+        num_classes = len(self.data.classes)
+        self.network, self.init_report = self._network()
+        model_config = self.network.config
+        assert model_config is not None
+        self.model_config = model_config
+        video = isinstance(self.network, CCNet3D)
+        self.clip_length = (config.clip_length or model_config.clip_length) if video else None
+        self.train_dataset: Dataset = config.train_dataset(
+            self.data.train, model_config.normalization, self.clip_length
+        )
         self.val_dataset = (
-            build_eval_dataset(self.val_index, self.model, self.clip_length)
-            if self.val_index is not None
+            build_eval_dataset(self.data.val, self.network, self.clip_length)
+            if self.data.val is not None
             else None
         )
 
-        self.objective = self._objective()
-        self.engine: nn.Module = self.objective
-        if ctx.distributed:
-            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.engine = DistributedDataParallel(self.objective, device_ids=device_ids)
-        self.optimizer = self._optimizer()
-        self.scheduler = PolyWarmupLR(
-            self.optimizer,
-            config.iterations,
-            config.power,
-            config.warmup_iterations,
-            config.warmup_factor,
-        )
+        cc_loss = config.category_consistent_loss(self.network.head.cca.in_channels, num_classes)
+        if cc_loss is not None:
+            cc_loss.to(ctx.device)
+        self.objective = TrainingObjective(self.network, config.segmentation_loss(), cc_loss)
+        self.replica: nn.Module = distributed.wrap(self.objective, ctx)
+        optimizer = build_optimizer(self.objective, self.network, config)
         cuda = ctx.device.type == "cuda"
         self.amp_dtype = torch.float16 if cuda else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda)
-
-        self.iteration = 0
-        self.train_seconds = 0.0  # optimiser-step time over all sessions of this run
-        self.frames_seen = 0
-        self.best_miou = -math.inf
-        self.history: list[dict[str, Any]] = []
-        if resume:
-            self._resume()
+        self.state = RunState(
+            optimizer,
+            build_scheduler(optimizer, config),
+            torch.amp.GradScaler("cuda", enabled=config.amp and cuda),
+            cc_loss,
+        )
+        self.counters = self.state.counters
+        self.committed = -1  # the step of the newest checkpoint on disk
+        if restore:
+            self._restore()
         self.log = ScalarLog(self.run_dir / "tb", config.tensorboard and self.main)
 
-    # ------------------------------------------------------------------ setup helpers
+    # ------------------------------------------------------------------ setup
 
-    def _prepare_run_dir(self, resume: bool) -> None:
-        pointer = self.run_dir / "checkpoints" / "latest"
-        saved = self.run_dir / "config.json"
-        if resume:
-            if saved.is_file():
-                _check_resume_config(json.loads(saved.read_text()), self.config, self.run_dir)
-            latest_checkpoint(self.run_dir)  # fails early when there is nothing to resume
-        elif pointer.exists():
-            raise ValueError(
-                f"{self.run_dir}: already holds a run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        if self.main:
-            write_json_atomic(saved, self.config.to_dict())
-
-    def _load_index(self, split: str) -> SplitIndex:
-        index = load_split(self.config.data, split, self.config.layout, progress=self.show)
-        check_split(index, progress=self.show)
-        return index
-
-    def _train_dataset(self) -> Dataset:
+    def _network(self) -> tuple[CCNet, str]:
+        """The model on its device (SyncBN across GPUs), optionally from ``--init`` weights."""
         config = self.config
-        transform = TrainTransform(
-            self.model_config.normalization,
-            (config.crop_size, config.crop_size),
-            (config.scale_min, config.scale_max),
-            config.flip,
-            config.jitter,
-        )
-        if self.video:
-            return ClipDataset(self.train_index, self.clip_length, transform, config.clip_stride)
-        return FrameDataset(self.train_index, transform)
+        network = build_model(config.model, num_classes=len(self.data.classes))
+        report = ""
+        if config.init:
+            loaded, skipped = load_matching_weights(network, config.init)
+            report = f"initialised {len(loaded)} tensors from {config.init}"
+            if skipped:
+                shown = ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else "")
+                report += f", kept {len(skipped)} fresh ({shown})"
+        network.to(self.ctx.device)
+        if self.ctx.distributed and self.ctx.device.type == "cuda" and config.sync_bn:
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        return network, report
 
-    def _objective(self) -> TrainingObjective:
-        config = self.config
-        cc_loss = None
-        if config.cc_loss:
-            cc_loss = CategoryConsistentLoss(
-                self.model.head.cca.in_channels,
-                len(self.classes),
-                embed_dim=config.cc_dim,
-                delta_v=config.cc_delta_v,
-                delta_d=config.cc_delta_d,
-                alpha=config.cc_alpha,
-                beta=config.cc_beta,
-                gamma=config.cc_gamma,
-            ).to(self.ctx.device)
-        segmentation = SegmentationLoss(
-            config.loss,
-            aux_weight=config.aux_weight,
-            ohem_threshold=config.ohem_threshold,
-            ohem_min_kept=config.ohem_min_kept,
-        )
-        return TrainingObjective(self.model, segmentation, cc_loss)
-
-    def _optimizer(self) -> torch.optim.SGD:
-        """SGD over three groups: the rest (backbone, auxiliary head, loss weights), the RCCA
-        head (``head_lr_mult``) and its attention block (× ``attention_lr_mult`` on top)."""
-        config = self.config
-        attention = list(self.model.head.cca.parameters())
-        in_attention = {id(p) for p in attention}
-        head = [p for p in self.model.head.parameters() if id(p) not in in_attention]
-        in_head = {id(p) for p in head} | in_attention
-        rest = [p for p in self.objective.parameters() if id(p) not in in_head]
-        head_lr = config.lr * config.head_lr_mult
-        return torch.optim.SGD(
-            [
-                {"params": rest, "lr": config.lr},
-                {"params": head, "lr": head_lr},
-                {"params": attention, "lr": head_lr * config.attention_lr_mult},
-            ],
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
-
-    def _resume(self) -> None:
+    def _restore(self) -> None:
         folder = latest_checkpoint(self.run_dir)
-        payload = read_checkpoint(folder / "model.pt")
-        self._unwrapped().load_state_dict(payload["state_dict"])
-        state = load_state(folder / "state.pt")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.objective.category_consistent is not None:
-            if "category_consistent" not in state:
-                raise ValueError(f"{folder / 'state.pt'}: has no category-consistent loss state")
-            self.objective.category_consistent.load_state_dict(state["category_consistent"])
-        rng = state["rng"]
-        if len(rng) == self.ctx.world_size:
-            restore_rng(rng[self.ctx.rank])
-        elif self.main:
-            print(
-                f"note: {folder} was written by {len(rng)} processes, this run has "
-                f"{self.ctx.world_size}: random streams restart (not bit-exact)",
-                file=sys.stderr,
-            )
-        self.iteration = int(state["iteration"])
-        self.best_miou = float(state["best_miou"])
-        self.history = list(state.get("history", []))
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.frames_seen = int(state.get("frames_seen", 0))
-
-    def _unwrapped(self) -> CCNet:
-        return self.objective.model
+        self.network.load_state_dict(read_checkpoint(folder / "model.pt")["state_dict"])
+        where = folder / "state.pt"
+        self.state.load_state_dict(load_state(where), self.ctx.rank, self.ctx.world_size, where)
+        self.committed = self.counters.iteration
 
     # ------------------------------------------------------------------ saving
 
     def _meta(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        provenance = {
-            "source": "ccnet train",
-            "command": self.command,
-            "iteration": self.iteration,
-            "iterations": self.config.iterations,
-            "data": str(self.config.data),
-            "layout": self.train_index.layout,
-            "world_size": self.ctx.world_size,
-            "train_seconds": round(self.train_seconds, 1),
-            "images_per_second": round(self.frames_seen / self.train_seconds, 2)
-            if self.train_seconds
-            else None,
-            "train_config": self.config.to_dict(),
-            **(extra or {}),
-        }
-        generator = _data_generator(Path(self.config.data))
-        if generator is not None:
-            provenance["data_generator"] = generator
-        if self.history:
-            provenance["val_mIoU"] = self.history[-1]["mIoU"]
-            provenance["best_val_mIoU"] = max(
-                (h["mIoU"] for h in self.history if h["mIoU"] is not None), default=None
-            )
-        return {"classes": self.classes, "palette": self.palette, "provenance": provenance}
+        entry = provenance(
+            self.config,
+            self.command,
+            self.counters,
+            layout=self.data.train.layout,
+            world_size=self.ctx.world_size,
+            extra=extra,
+        )
+        return {"classes": self.data.classes, "palette": self.data.palette, "provenance": entry}
 
     def _save_model(self, path: Path, extra: dict[str, Any] | None = None) -> None:
-        model = self._unwrapped()
-        save_checkpoint(model, self._meta(extra), path)
+        save_checkpoint(self.network, self._meta(extra), path)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> Path:
+        """Write and commit a resumable checkpoint at this step (every process takes part)."""
+        iteration = self.counters.iteration
+        folder = checkpoint_dir(self.run_dir, iteration)
         rng = distributed.all_gather_objects(capture_rng())
         if self.main:
-            folder = checkpoint_dir(self.run_dir, self.iteration)
             self._save_model(folder / "model.pt")
-            state: dict[str, Any] = {
-                "iteration": self.iteration,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng,
-                "best_miou": self.best_miou,
-                "history": self.history,
-                "train_seconds": self.train_seconds,
-                "frames_seen": self.frames_seen,
-            }
-            if self.objective.category_consistent is not None:
-                state["category_consistent"] = self.objective.category_consistent.state_dict()
-            save_state(folder / "state.pt", state)
-            commit_checkpoint(self.run_dir, self.iteration, self.config.keep_checkpoints)
+            save_state(folder / "state.pt", self.state.state_dict(rng))
+            commit_checkpoint(self.run_dir, iteration, self.config.keep_checkpoints)
         distributed.barrier()
+        self.committed = iteration
+        return folder
 
     # ------------------------------------------------------------------ validation
 
     def _validate(self) -> dict[str, Any]:
         assert self.val_dataset is not None
-        model = self._unwrapped()
-        matrix = evaluate_model(
-            model,
+        counters = self.counters
+        matrix = ConfusionMatrix(len(self.data.classes))
+        pictures: list[np.ndarray] = []
+        for predicted in predictions(
+            self.network,
             self.val_dataset,
-            len(self.classes),
             InferenceSettings("whole"),
             device=self.ctx.device,
             shard=(self.ctx.rank, self.ctx.world_size),
             progress=self.show,
-        )
-        model.train()
+        ):
+            matrix.update(predicted.labels, predicted.target)
+            if self.main and len(pictures) < VAL_PICTURES and self.log.enabled:
+                normalization = self.model_config.normalization
+                pictures.append(overlay_strip(predicted, normalization, self.data.palette))
+        self.network.train()
         distributed.all_reduce_sum(matrix.matrix)
-        result = {"iteration": self.iteration, **matrix.summary(self.classes)}
-        self.history.append(result)
+        result = {"iteration": counters.iteration, **matrix.summary(self.data.classes)}
+        counters.history.append(result)
         miou = result["mIoU"] if result["mIoU"] is not None else -math.inf
         if self.main:
-            self.log.add("val/mIoU", miou, self.iteration)
-            self.log.add("val/pixel_acc", result["pixel_acc"] or 0.0, self.iteration)
+            step = counters.iteration
+            self.log.add("val/mIoU", miou, step)
+            self.log.add("val/pixel_acc", result["pixel_acc"] or 0.0, step)
             for name, iou in result["per_class_iou"].items():
                 if iou is not None:
-                    self.log.add(f"val/iou/{name}", iou, self.iteration)
-            write_json_atomic(self.run_dir / "history.json", self.history)
-        if miou > self.best_miou:
-            self.best_miou = miou
+                    self.log.add(f"val/iou/{name}", iou, step)
+            for n, picture in enumerate(pictures):
+                self.log.add_image(f"val/picture_{n}", picture, step)
+            write_json_atomic(self.run_dir / "history.json", counters.history)
+        if miou > counters.best_miou:
+            counters.best_miou = miou
             if self.main:
                 self._save_model(self.run_dir / "best.pt", {"selected_by": "best val mIoU"})
         distributed.barrier()
@@ -364,13 +321,11 @@ class _Run:
     # ------------------------------------------------------------------ the loop
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        sampler = SeededBatchSampler(
+        sampler = self.config.batch_sampler(
             len(self.train_dataset),  # type: ignore[arg-type]
-            self.config.batch_size,
-            seed=self.config.seed,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            start_batch=self.iteration * self.config.accumulate,
+            self.ctx.rank,
+            self.ctx.world_size,
+            self.counters.iteration,
         )
         loader = DataLoader(
             self.train_dataset,
@@ -379,12 +334,14 @@ class _Run:
             pin_memory=self.ctx.device.type == "cuda",
             # the loader's own seed source, so creating it never draws from the global RNG
             generator=torch.Generator().manual_seed(self.config.seed),
+            worker_init_fn=ignore_interrupts,
         )
         return iter(loader)
 
     def _step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], int]:
         """One optimiser step over ``accumulate`` micro-batches; returns mean terms and frames."""
         config = self.config
+        state = self.state
         sums: dict[str, float] = {}
         frames = 0
         for micro in range(config.accumulate):
@@ -394,39 +351,78 @@ class _Run:
             frames += images.shape[0] * (images.shape[2] if images.dim() == 5 else 1)
             last = micro == config.accumulate - 1
             sync = (
-                self.engine.no_sync()  # type: ignore[operator]
-                if isinstance(self.engine, DistributedDataParallel) and not last
+                self.replica.no_sync()  # type: ignore[operator]
+                if self.replica is not self.objective and not last
                 else contextlib.nullcontext()
             )
             with sync:
                 with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=config.amp):
-                    terms = self.engine(images, target)
-                self.scaler.scale(terms["total"] / config.accumulate).backward()
+                    terms = self.replica(images, target)
+                state.scaler.scale(terms["total"] / config.accumulate).backward()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) / config.accumulate
         if not math.isfinite(sums["total"]):
             raise FloatingPointError(
-                f"loss is {sums['total']} at step {self.iteration + 1}; "
+                f"loss is {sums['total']} at step {self.counters.iteration + 1}; "
                 "lower --lr or check the data"
             )
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scheduler.step()
         return sums, frames
+
+    def _timed_step(self, batches: Iterator[dict[str, Any]], bar: tqdm) -> None:
+        """One step with its bookkeeping: counters, progress bar, TensorBoard scalars."""
+        counters = self.counters
+        began = time.perf_counter()
+        lr = self.state.optimizer.param_groups[0]["lr"]
+        terms, frames = self._step(batches)
+        counters.iteration += 1
+        counters.train_seconds += time.perf_counter() - began
+        counters.frames_seen += frames * self.ctx.world_size
+        throughput = counters.frames_seen / max(counters.train_seconds, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{terms['total']:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
+        step = counters.iteration
+        if self.main and step % max(self.config.log_every, 1) == 0:
+            for name, value in terms.items():
+                self.log.add(f"train/loss/{name}", value, step)
+            self.log.add("train/lr", lr, step)
+            self.log.add("train/images_per_s", throughput, step)
+
+    def _due(self, every: int) -> bool:
+        """Whether this step is on an ``every``-step grid, or the last one (0: only the last)."""
+        step = self.counters.iteration
+        return step == self.config.iterations or bool(every and step % every == 0)
+
+    def _stop_on_signal(self, stop: StopRequest) -> None:
+        """Raise ``Interrupted`` at a committed checkpoint if any process got a signal; every
+        process stops at the same step, whichever received it."""
+        signum = distributed.all_reduce_max(stop.signum or 0, self.ctx.device)
+        if not signum:
+            return
+        step = self.counters.iteration
+        folder = (
+            self._checkpoint() if self.committed != step else checkpoint_dir(self.run_dir, step)
+        )
+        self.log.close()
+        raise Interrupted(signum, step, str(folder))
 
     def run(self, stop_at: int | None) -> dict[str, Any]:
         config = self.config
+        counters = self.counters
         finished = self.run_dir / "summary.json"
-        if self.iteration >= config.iterations and finished.is_file():
+        if counters.iteration >= config.iterations and finished.is_file():
             if self.show:
                 print(f"{self.run_dir}: already finished, nothing to do", file=sys.stderr)
             return json.loads(finished.read_text())
         if self.main and self.init_report:
             print(self.init_report, file=sys.stderr)
-        self._unwrapped().train()
+        self.network.train()
         batches = self._batches()
-        start = self.iteration
+        start = counters.iteration
+        validated_at = -1
         bar = tqdm(
             total=config.iterations,
             initial=start,
@@ -435,42 +431,27 @@ class _Run:
             disable=not self.show,
             dynamic_ncols=True,
         )
-        validated_at = -1
-        while self.iteration < config.iterations:
-            if stop_at is not None and self.iteration >= stop_at:
-                break
-            began = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
-            terms, frames = self._step(batches)
-            self.iteration += 1
-            elapsed = time.perf_counter() - began
-            self.train_seconds += elapsed
-            self.frames_seen += frames * self.ctx.world_size
-            throughput = self.frames_seen / max(self.train_seconds, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['total']:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
-            if self.main and (self.iteration % max(config.log_every, 1) == 0):
-                for name, value in terms.items():
-                    self.log.add(f"train/loss/{name}", value, self.iteration)
-                self.log.add("train/lr", lr, self.iteration)
-                self.log.add("train/images_per_s", throughput, self.iteration)
-            done = self.iteration == config.iterations
-            if self.val_dataset is not None and (
-                done or (config.val_every and self.iteration % config.val_every == 0)
-            ):
-                result = self._validate()
-                validated_at = self.iteration
-                if self.show:
-                    tqdm.write(
-                        f"step {self.iteration}: val mIoU {result['mIoU']}, "
-                        f"pixel acc {result['pixel_acc']}",
-                        file=sys.stderr,
-                    )
-            if done or (config.checkpoint_every and self.iteration % config.checkpoint_every == 0):
-                self._checkpoint()
-        bar.close()
+        with bar, StopRequest(announce=self.main) as stop:
+            while counters.iteration < config.iterations:
+                if stop_at is not None and counters.iteration >= stop_at:
+                    break
+                self._timed_step(batches, bar)
+                if self.val_dataset is not None and self._due(config.val_every):
+                    result = self._validate()
+                    validated_at = counters.iteration
+                    if self.show:
+                        tqdm.write(
+                            f"step {counters.iteration}: val mIoU {result['mIoU']}, "
+                            f"pixel acc {result['pixel_acc']}",
+                            file=sys.stderr,
+                        )
+                if self._due(config.checkpoint_every):
+                    self._checkpoint()
+                self._stop_on_signal(stop)
+        if self.committed != counters.iteration:  # stopped early: the run ends on a checkpoint
+            self._checkpoint()
         summary = self._summary(start, validated_at)
-        if self.iteration == config.iterations and self.main:
+        if counters.iteration == config.iterations and self.main:
             self._save_model(self.run_dir / "final.pt")
             write_json_atomic(self.run_dir / "summary.json", summary)
         self.log.close()
@@ -478,35 +459,17 @@ class _Run:
         return summary
 
     def _summary(self, start: int, validated_at: int) -> dict[str, Any]:
-        """Results of the run; time and throughput cover every session of a resumed run."""
-        seconds = self.train_seconds
-        last = self.history[-1] if self.history else None
-        return {
-            "model": self.model_config.name,
-            "classes": self.classes,
-            "iterations": self.iteration,
-            "resumed_from": start or None,
-            "steps_this_run": self.iteration - start,
-            "train_seconds": round(seconds, 2),
-            "session_wall_seconds": round(time.perf_counter() - self.started, 1),
-            "images_per_second": round(self.frames_seen / seconds, 2) if seconds else None,
-            "world_size": self.ctx.world_size,
-            "device": str(self.ctx.device),
-            "threads": torch.get_num_threads(),
-            "val": last if last and validated_at == self.iteration else None,
-            "best_val_mIoU": self.best_miou if self.best_miou > -math.inf else None,
-            "command": self.command,
-        }
-
-
-def _data_generator(root: Path) -> dict[str, Any] | None:
-    """The ``generator`` entry of a ``ccnet synth`` data set's classes.json (provenance)."""
-    try:
-        data = json.loads((root / "classes.json").read_text())
-    except (OSError, ValueError):
-        return None
-    generator = data.get("generator") if isinstance(data, dict) else None
-    return generator if isinstance(generator, dict) else None
+        return run_summary(
+            self.counters,
+            model=self.model_config.name,
+            classes=self.data.classes,
+            start=start,
+            validated_at=validated_at,
+            started=self.started,
+            world_size=self.ctx.world_size,
+            device=self.ctx.device,
+            command=self.command,
+        )
 
 
 def train(
@@ -522,15 +485,19 @@ def train(
         config: the run's settings.
         resume: continue from ``config.out``'s latest checkpoint.
         stop_at: stop after this many steps without finishing (as an interruption would; for
-            tests and time-boxed sessions); the run can be resumed from its last checkpoint.
+            tests and time-boxed sessions), writing a checkpoint there to resume from.
         command: recorded in the checkpoints' provenance (default: the ``ccnet train`` command
             that reproduces ``config``).
+
+    Raises:
+        training.interrupt.Interrupted: SIGTERM or SIGINT arrived; the checkpoint of the step
+            it interrupted is committed.
     """
     threads = torch.get_num_threads()
     ctx = distributed.setup(config.device, config.backend)
     try:
-        run = _Run(config, ctx, resume, command or command_line(config))
-        return run.run(stop_at)
+        trainer = _Trainer(config, ctx, resume, command or command_line(config))
+        return trainer.run(stop_at)
     finally:
         distributed.teardown()
         torch.set_num_threads(threads)  # a library call must not change the caller's setting

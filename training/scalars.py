@@ -1,10 +1,13 @@
-"""TensorBoard scalars, or nothing: training must not fail because logging is unavailable."""
+"""TensorBoard scalars and pictures, or nothing: training must not fail because logging is
+unavailable."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 __all__ = ["ScalarLog"]
 
@@ -28,9 +31,19 @@ class ScalarLog:
             return
         self._writer = SummaryWriter(log_dir=str(folder))
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is written (pictures are only rendered then)."""
+        return self._writer is not None
+
     def add(self, tag: str, value: float, step: int) -> None:
         if self._writer is not None:
             self._writer.add_scalar(tag, value, step)
+
+    def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An (H, W, 3) uint8 picture."""
+        if self._writer is not None:
+            self._writer.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -36,12 +36,15 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from model.files import write_bytes_atomic, write_json_atomic
+from training.datasets import SplitIndex
 
 __all__ = [
     "CLASSES",
     "CORRUPTIONS",
+    "CORRUPTION_GROUPS",
     "PALETTE",
     "SynthKind",
+    "corruption_groups",
     "generate",
     "render_clip",
     "render_scene",
@@ -59,6 +62,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (245, 130, 48),
 )
 CORRUPTIONS: tuple[str, ...] = ("occlusion", "noise", "blur")
+CORRUPTION_GROUPS: tuple[str, ...] = ("all", "clean", "corrupted", *CORRUPTIONS)
+"""The groups of ``corruption_groups``, in reporting order."""
 
 _GENERATOR_VERSION = 1
 _SPLIT_CODES = {"train": 0, "val": 1}
@@ -439,3 +444,32 @@ def generate(
                     )
                 bar.update(1)
     return counts
+
+
+def corruption_groups(index: SplitIndex) -> Callable[[int], list[str]]:
+    """Frame index -> its groups in ``CORRUPTION_GROUPS``, from the ``corruptions.json`` that
+    ``generate`` writes in every clip folder: ``all``, then ``clean`` or ``corrupted`` and the
+    corruption's name. This is what shows whether a model uses temporal context.
+
+    Raises:
+        ValueError: ``index`` is not a clip split, or a clip's record is missing or unreadable.
+    """
+    if index.clips is None:
+        raise ValueError(
+            f"{index.root}: not a clip data set (--corruptions needs `ccnet synth --kind clips`)"
+        )
+    kinds: dict[int, str] = {}
+    for name, clip in zip(index.clip_names, index.clips, strict=True):
+        path = index.root / index.split / name / "corruptions.json"
+        try:
+            corrupted = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable corruption record ({e})") from e
+        for i in clip:
+            kinds[i] = corrupted.get(index.frames[i].image.stem, "clean")
+
+    def groups(frame: int) -> list[str]:
+        kind = kinds[frame]
+        return ["all", kind] if kind == "clean" else ["all", "corrupted", kind]
+
+    return groups

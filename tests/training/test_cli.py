@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ccnet_cli import main
 from model import load_checkpoint
@@ -60,6 +61,34 @@ def test_evaluate_table(trained, capsys) -> None:
     assert main(["evaluate", str(run / "final.pt"), "--data", str(data), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "speckle" in out
+    assert "2 images," in out  # an image split counts images, not frames
+
+
+def test_slide_without_tile_uses_the_training_crop(trained, capsys) -> None:
+    data, run = trained
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "final.pt"), "--data", str(data), "--mode", "slide",
+                 "--json", "--threads", "1"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["tile"] == 32 and result["mode"] == "slide"  # --crop-size 32 above
+    assert result["unit"] == "images"
+
+
+def test_evaluate_report_writes_charts_and_json(trained, tmp_path, capsys) -> None:
+    data, run = trained
+    report = tmp_path / "report"
+    assert main(["evaluate", str(run / "final.pt"), "--data", str(data), "--report",
+                 str(report), "--json", "--threads", "1"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    saved = json.loads((report / "report.json").read_text())
+    matrix = saved["confusion_matrix"]
+    assert len(matrix) == len(CLASSES) and sum(map(sum, matrix)) == result["pixels"]
+    assert saved["mIoU"] == result["mIoU"]
+    for name in ("confusion.png", "iou.png"):
+        with Image.open(report / name) as image:
+            image.load()
+            assert image.format == "PNG" and min(image.size) > 200, name
+            assert len(image.getcolors(1 << 20) or range(1000)) > 8, name  # a chart, not blank
 
 
 def test_resume_of_a_finished_run_changes_nothing(trained, capsys) -> None:
@@ -82,3 +111,17 @@ def test_synth_refuses_a_non_empty_folder(tmp_path, capsys) -> None:
     (tmp_path / "x.txt").write_text("mine")
     assert main(["synth", str(tmp_path), "--n", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_train_export_writes_a_checked_onnx_beside_best_pt(tmp_path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["synth", str(data), "--n", "2", "--val", "1", "--size", "32", "--seed", "2"]) == 0
+    capsys.readouterr()
+    argv = ["train", "--data", str(data), "--out", str(run), *TRAIN_FLAGS, "--export", "onnx"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["export"]["checkpoint"] == str(run / "best.pt")
+    sidecar = json.loads((run / "model.json").read_text())
+    assert summary["export"]["onnx"] == str(run / "model.onnx") and (run / "model.onnx").is_file()
+    assert sidecar["parity"]["passed"] and sidecar["parity"]["cases"]

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig, add_config_arguments, load_config_file, resolve_config
+from training.config import (
+    TrainConfig,
+    add_config_arguments,
+    command_line,
+    load_config_file,
+    resolve_config,
+)
 
 
 def _flags(argv: list[str]) -> dict:
@@ -65,3 +71,30 @@ def test_optional_fields_accept_none(tmp_path: Path) -> None:
     config = resolve_config({"data": "d", "out": "o", "val_split": "none", "clip_length": "3"})
     assert config.val_split is None
     assert config.clip_length == 3
+
+
+def test_crop_batch_iterations_and_lr_default_to_the_models_recipe() -> None:
+    tiny = resolve_config({"data": "d", "out": "o"})
+    assert (tiny.crop_size, tiny.batch_size, tiny.iterations, tiny.lr) == (128, 8, 3000, 0.02)
+    video = resolve_config({"data": "d", "out": "o", "model": "ccnet3d-tiny"})
+    assert (video.crop_size, video.batch_size, video.iterations) == (128, 2, 3000)
+    paper = resolve_config({"data": "d", "out": "o", "model": "ccnet-r101-official"})
+    assert (paper.crop_size, paper.batch_size, paper.iterations, paper.lr) == (769, 8, 60_000, 0.01)
+    given = resolve_config({"data": "d", "out": "o", "model": "ccnet-r50", "crop_size": "512"})
+    assert given.crop_size == 512 and given.iterations == 60_000  # a flag wins over the recipe
+    with pytest.raises(ValueError, match="unknown model 'ccnet-r7'"):
+        resolve_config({"data": "d", "out": "o", "model": "ccnet-r7"})
+
+
+def test_the_recorded_command_spells_out_the_recipe() -> None:
+    config = resolve_config({"data": "d", "out": "o", "model": "ccnet-r50"})
+    words = command_line(config).split()
+    for flag, value in (("--crop-size", "769"), ("--iterations", "60000"), ("--lr", "0.01")):
+        assert words[words.index(flag) + 1] == value  # reproducible if the recipe changes
+    assert resolve_config(_flags(words[2:])) == config
+
+
+def test_flag_help_names_the_recipe(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert "the model's recipe" in parser.format_help()

@@ -15,7 +15,6 @@ from training.datasets import (
     ClipDataset,
     FrameDataset,
     check_split,
-    clip_windows,
     detect_layout,
     load_split,
 )
@@ -99,17 +98,6 @@ def test_clip_layout(clip_tree: Path) -> None:
     assert sample["image"].shape == (3, 4, *SIZE)
     # frame t's first band is t % 3: frames 1..4 of clip 0
     assert [int(sample["mask"][t, 0, 0]) for t in range(4)] == [1, 2, 0, 1]
-
-
-def test_clip_windows_cover_every_frame_once_for_evaluation() -> None:
-    for length in range(1, 12):
-        for window in range(1, 6):
-            counted = [0] * length
-            for start, count in clip_windows(length, window, stride=None):
-                for t, flag in enumerate(count):
-                    counted[start + t] += flag
-            assert counted == [1] * length, (length, window)
-    assert clip_windows(5, 2, stride=2) == [(0, [True, True]), (2, [True, True])]
 
 
 def test_clip_dataset_rejects_image_layouts(folder_tree: Path) -> None:

@@ -37,6 +37,8 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # the attention's 1×1 projections hand DDP gradients laid out like its buckets
+    assert "Grad strides do not match bucket view strides" not in done.stderr, done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["iterations"] == 2

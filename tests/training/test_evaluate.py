@@ -9,10 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from ccnet_cli import main
 from model import build_model, save_checkpoint
-from training.corruption_report import main
 from training.datasets import ClipDataset, FrameDataset, load_split
-from training.evaluate import InferenceSettings, build_eval_dataset, evaluate_model, predict_scores
+from training.evaluate import (
+    InferenceSettings,
+    build_eval_dataset,
+    default_tile,
+    evaluate_model,
+    predict_scores,
+)
 from training.synth import generate
 
 from .conftest import SIZE
@@ -20,6 +26,8 @@ from .conftest import SIZE
 
 class _Pointwise(nn.Module):
     """A per-pixel classifier: every inference mode must give it the same answer."""
+
+    align_corners = False  # read by multi-scale resizing, as from a CCNet
 
     def __init__(self, dims: int = 5) -> None:
         super().__init__()
@@ -94,13 +102,34 @@ def test_shards_partition_the_data(clip_tree: Path) -> None:
     assert torch.equal(parts[0].matrix + parts[1].matrix, whole.matrix)
 
 
-def test_corruption_report_counts_every_frame_once(tmp_path: Path, capsys) -> None:
+def test_corruption_breakdown_counts_every_frame_once(tmp_path: Path, capsys) -> None:
     generate(tmp_path, "clips", 1, n_val=2, seed=0, size=32, frames=6, progress=False)
     for name in ("ccnet-tiny", "ccnet3d-tiny"):
         model = build_model(name, num_classes=6)
         save_checkpoint(model, {}, tmp_path / f"{name}.pt")
-        assert main([str(tmp_path / f"{name}.pt"), "--data", str(tmp_path), "--json"]) == 0
-        report = json.loads(capsys.readouterr().out)
-        frames = report["frames"]
+        argv = ["evaluate", str(tmp_path / f"{name}.pt"), "--data", str(tmp_path),
+                "--corruptions", "--json", "--threads", "1"]  # fmt: skip
+        assert main(argv) == 0
+        result = json.loads(capsys.readouterr().out)
+        frames = result["corruptions"]["frames"]
         assert frames["all"] == 12 == frames["clean"] + frames["corrupted"]
         assert frames["corrupted"] == frames["occlusion"] + frames["noise"] + frames["blur"] > 0
+        # the breakdown's "all" is the same pass as the headline number
+        assert result["corruptions"]["mIoU"]["all"] == result["mIoU"]
+        assert result["unit"] == ("frames" if name == "ccnet-tiny" else "clip windows")
+
+
+def test_corruptions_need_clip_data(tmp_path: Path, capsys) -> None:
+    generate(tmp_path, "images", 2, n_val=1, seed=0, size=32, progress=False)
+    save_checkpoint(build_model("ccnet-tiny", num_classes=6), {}, tmp_path / "m.pt")
+    argv = ["evaluate", str(tmp_path / "m.pt"), "--data", str(tmp_path), "--corruptions"]
+    assert main(argv) == 2
+    assert "not a clip data set" in capsys.readouterr().err
+
+
+def test_default_tile_is_the_training_crop_else_the_recipes() -> None:
+    trained = {"config": {"name": "ccnet-tiny"}, "provenance": {"train_config": {"crop_size": 96}}}
+    assert default_tile(trained) == 96
+    converted = {"config": {"name": "ccnet-r101-official"}, "provenance": {"source": "convert"}}
+    assert default_tile(converted) == 769  # the paper's Cityscapes crop
+    assert default_tile({"config": {"name": "someone-elses"}}) is None

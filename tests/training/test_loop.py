@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,10 +74,13 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     straight = train(_config(scenes, tmp_path / "a", **settings), command="test")
     assert straight["iterations"] == 5
     partial = train(_config(scenes, tmp_path / "b", **settings), stop_at=3, command="test")
-    assert partial["iterations"] == 3  # stopped after step 3; last checkpoint is step 2
+    assert partial["iterations"] == 3  # stopped after step 3, off the --checkpoint-every grid
     assert not (tmp_path / "b" / "final.pt").exists()
+    # the run ended on a checkpoint of the step it stopped at, not the earlier one of step 2
+    latest = tmp_path / "b" / "checkpoints" / "latest"
+    assert latest.read_text().strip() == "iter_000003"
     resumed = train(_config(scenes, tmp_path / "b", **settings), resume=True, command="test")
-    assert resumed["resumed_from"] == 2 and resumed["steps_this_run"] == 3
+    assert resumed["resumed_from"] == 3 and resumed["steps_this_run"] == 2
     a, b = _weights(tmp_path / "a" / "final.pt"), _weights(tmp_path / "b" / "final.pt")
     assert a.keys() == b.keys()
     for name in a:
@@ -132,3 +141,126 @@ def test_ccnet3d_trains_on_clips_initialised_from_a_2d_checkpoint(scenes, clips,
     assert meta["provenance"]["train_config"]["init"].endswith("final.pt")
     assert model.head.cca.query_conv.weight.shape[-3:] == (1, 1, 1)
     assert source.head.cca.query_conv.weight.shape[-2:] == (1, 1)
+
+
+# --------------------------------------------------------------------------- kill-safe runs
+
+ROOT = Path(__file__).resolve().parents[2]
+_KILL_FLAGS = [
+    "--model", "ccnet-tiny", "--iterations", "24", "--batch-size", "1", "--accumulate", "2",
+    "--crop-size", "32", "--loss", "ohem", "--ohem-min-kept", "64", "--cc-loss", "--jitter",
+    "0.2", "--warmup-iterations", "3", "--val-every", "7", "--checkpoint-every", "1000",
+    "--no-tensorboard", "--device", "cpu", "--threads", "1", "--seed", "5",
+]  # fmt: skip
+
+
+def _ccnet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ccnet_cli", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _kill_during_training(command: list[str], signum: int, after_step: int) -> tuple[int, str]:
+    """Start ``command``, send ``signum`` once its progress bar shows ``after_step``, and
+    return its exit status and stderr."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    seen = b""
+    signalled = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        chunk = process.stderr.read1(4096)  # type: ignore[attr-defined]
+        if not chunk:
+            break
+        seen += chunk
+        steps = [int(m) for m in re.findall(rb"(\d+)/24 \[", seen)]
+        if not signalled and steps and max(steps) >= after_step:
+            process.send_signal(signum)
+            signalled = True
+    process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    assert signalled, seen.decode(errors="replace")[-2000:]
+    return process.returncode, seen.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def straight_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run, in its own process like the interrupted ones."""
+    out = tmp_path_factory.mktemp("straight")
+    done = subprocess.run(
+        _ccnet("train", "--data", str(scenes), *_KILL_FLAGS, "--out", str(out), "--no-progress"),
+        cwd=ROOT, env=_env(), capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize(("signum", "after_step"), [(signal.SIGTERM, 3), (signal.SIGINT, 8)])
+def test_a_signal_at_any_step_writes_a_checkpoint_and_resume_is_exact(
+    scenes: Path, straight_run: Path, tmp_path: Path, signum: int, after_step: int
+) -> None:
+    straight, killed = straight_run, tmp_path / "killed"
+    common = ["train", "--data", str(scenes), *_KILL_FLAGS]
+
+    status, stderr = _kill_during_training(
+        _ccnet(*common, "--out", str(killed)), signum, after_step
+    )
+    assert status == 128 + signum, stderr[-2000:]
+    stopped = re.search(r"stopped by (\w+) after step (\d+)", stderr)
+    assert stopped and stopped.group(1) == signal.Signals(signum).name, stderr[-2000:]
+    step = int(stopped.group(2))
+    assert after_step <= step < 24  # no --checkpoint-every step was reached
+    latest = (killed / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"iter_{step:06d}"
+    assert not (killed / "final.pt").exists()
+
+    resumed = subprocess.run(
+        _ccnet("train", "--out", str(killed), "--resume", "--no-progress"),
+        cwd=ROOT, env=_env(), capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_from"] == step and summary["iterations"] == 24
+    a, b = _weights(straight / "final.pt"), _weights(killed / "final.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name  # bit-exact
+    history = json.loads((killed / "history.json").read_text())
+    assert history == json.loads((straight / "history.json").read_text())
+
+
+def test_resume_before_the_first_checkpoint_starts_over(scenes: Path, tmp_path: Path) -> None:
+    # a run that died during setup (SIGKILL) left its settings but no checkpoint
+    config = _config(scenes, tmp_path / "run", iterations=2, cc_loss=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))
+    summary = train(config, resume=True, command="test")
+    assert summary["iterations"] == 2 and summary["resumed_from"] is None
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        train(_config(scenes, tmp_path / "elsewhere"), resume=True, command="test")
+
+
+def test_tensorboard_gets_validation_pictures(scenes: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(scenes, tmp_path, iterations=2, val_every=1, cc_loss=False, tensorboard=True)
+    train(config, command="test")
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = sorted(events.Tags()["images"])
+    assert tags == [f"val/picture_{n}" for n in range(2)]  # 2 validation images (≤ 4 shown)
+    for tag in tags:
+        shown = events.Images(tag)
+        assert [event.step for event in shown] == [1, 2]  # one per evaluation
+        assert (shown[0].width, shown[0].height) == (3 * 32 + 8, 32)  # input | truth | pred
+    assert "val/mIoU" in events.Tags()["scalars"]
+
+
+def test_a_crop_larger_than_the_images_is_warned_about(scenes: Path, tmp_path: Path, capsys):
+    train(_config(scenes, tmp_path / "fits", iterations=1, cc_loss=False), command="test")
+    assert "crop-size" not in capsys.readouterr().err
+    train(_config(scenes, tmp_path / "big", iterations=1, crop_size=96, cc_loss=False))
+    err = capsys.readouterr().err
+    assert "warning: --crop-size 96 is larger than the training images (at most 32×32)" in err

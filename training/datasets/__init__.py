@@ -5,7 +5,7 @@ ADE20K), ``check_split`` verifies it file by file, and ``FrameDataset`` / ``Clip
 turn it into samples for a ``DataLoader``.
 """
 
-from training.datasets.dataset import ClipDataset, FrameDataset, clip_windows
+from training.datasets.dataset import ClipDataset, FrameDataset
 from training.datasets.index import IGNORE_INDEX, Frame, LabelMap, Layout, SplitIndex
 from training.datasets.layouts import LAYOUTS, detect_layout, load_split
 from training.datasets.validation import check_split
@@ -20,7 +20,6 @@ __all__ = [
     "Layout",
     "SplitIndex",
     "check_split",
-    "clip_windows",
     "detect_layout",
     "load_split",
 ]

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from model.clip_windows import first_cover, plan_windows
 from training.datasets.index import IGNORE_INDEX, SplitIndex
 from training.datasets.reading import read_image, read_mask
 
-__all__ = ["ClipDataset", "FrameDataset", "SampleKey", "Transform", "clip_windows"]
+__all__ = ["ClipDataset", "FrameDataset", "SampleKey", "Transform"]
 
 SampleKey = int | tuple[int, int]
 """A sample index, or (index, augmentation seed)."""
@@ -91,30 +92,6 @@ class FrameDataset(Dataset):
         return {"image": images[0], "mask": masks[0].long(), "index": i}
 
 
-def clip_windows(length: int, window: int, stride: int | None) -> list[tuple[int, list[bool]]]:
-    """Start frames of the windows over a clip of ``length`` frames, and which frames count.
-
-    Training (``stride`` given): every window that fits, ``stride`` apart, all frames counted;
-    a clip shorter than ``window`` yields none. Evaluation (``stride=None``): windows cover
-    every frame exactly once — consecutive windows, the last one moved back to end at the
-    clip's end with its already-covered frames not counted; a short clip is one short window.
-    """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if stride is not None:
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        return [(s, [True] * window) for s in range(0, length - window + 1, stride)]
-    if length <= window:
-        return [(0, [True] * length)]
-    windows = [(s, [True] * window) for s in range(0, length - window + 1, window)]
-    covered = windows[-1][0] + window
-    if covered < length:
-        start = length - window
-        windows.append((start, [start + t >= covered for t in range(window)]))
-    return windows
-
-
 class ClipDataset(Dataset):
     """Windows of ``clip_length`` consecutive frames of each clip (CCNet3D samples).
 
@@ -122,8 +99,9 @@ class ClipDataset(Dataset):
         index: a split with ``clips`` (the clip layout, CamVid sequences).
         clip_length: frames per window (T).
         transform: applied with the same random draws to every frame of a window.
-        stride: distance between training windows; None = evaluation windows that cover each
-            frame exactly once (see ``clip_windows``).
+        stride: distance between training windows (full windows only; the last one moved back
+            to the clip's end when the stride does not reach it); None = evaluation windows,
+            ``clip_length`` apart, that score each frame exactly once (``model.clip_windows``).
     """
 
     def __init__(
@@ -139,8 +117,14 @@ class ClipDataset(Dataset):
         self.transform = transform
         self.windows: list[tuple[tuple[int, ...], list[bool]]] = []
         for clip in index.clips:
-            for start, count in clip_windows(len(clip), clip_length, stride):
-                self.windows.append((clip[start : start + len(count)], count))
+            if stride is None:
+                plan = plan_windows(len(clip), clip_length, clip_length)
+                counted = first_cover(plan)
+            else:
+                plan = plan_windows(len(clip), clip_length, stride, full_only=True)
+                counted = [[True] * clip_length for _ in plan]
+            for (start, stop), count in zip(plan, counted, strict=True):
+                self.windows.append((clip[start:stop], count))
         if not self.windows:
             longest = max(len(c) for c in index.clips)
             raise ValueError(

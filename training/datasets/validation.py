@@ -15,8 +15,11 @@ from training.datasets.reading import image_size, read_mask
 __all__ = ["check_split"]
 
 
-def check_split(index: SplitIndex, *, progress: bool = True) -> None:
-    """Raise on the first broken sample of ``index``.
+def check_split(index: SplitIndex, *, progress: bool = True) -> tuple[int, int]:
+    """Raise on the first broken sample of ``index``; return the largest (height, width).
+
+    The sizes come free with the check (the headers are read anyway); training compares them
+    with its crop.
 
     Raises:
         FileNotFoundError: an image or mask is missing.
@@ -31,8 +34,10 @@ def check_split(index: SplitIndex, *, progress: bool = True) -> None:
         disable=not progress,
         leave=False,
     )
+    largest = (0, 0)
     for frame in frames:
         size = image_size(frame.image)
+        largest = (max(largest[0], size[1]), max(largest[1], size[0]))
         if frame.mask is None:
             continue
         raw = read_mask(frame.mask)
@@ -47,3 +52,4 @@ def check_split(index: SplitIndex, *, progress: bool = True) -> None:
             raise ValueError(
                 f"{frame.mask}: class id(s) {shown} out of range; allowed: {label_map.allowed}"
             )
+    return largest
