@@ -4,7 +4,10 @@ Requests enter a bounded queue; one worker thread per model takes the first wait
 gathers more for at most ``max_wait_ms`` (or until ``max_batch_size``), groups them by input
 shape (images are padded to the stride, so same-sized photos share a shape) and runs each
 group as one batch. When the queue is full ``submit`` fails at once with ``OverloadedError``: the
-caller answers 503 + Retry-After instead of letting every request's latency grow.
+caller answers 503 + Retry-After instead of letting every request's latency grow. Each item
+carries its request's deadline: one that has passed by the time a worker reaches it is
+dropped (its future fails with ``DeadlineExceededError``) instead of computed, so an answered
+request does not hold the queue.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .core.deadline import Deadline, DeadlineExceededError
 
 __all__ = ["BatchResult", "BoundedExecutor", "MicroBatcher", "OverloadedError"]
 
@@ -41,7 +46,17 @@ class BatchResult:
 @dataclass
 class _Item:
     pixels: np.ndarray
+    deadline: Deadline | None = None
     future: Future[BatchResult] = field(default_factory=Future)
+
+    def start(self) -> bool:
+        """Whether to compute this item: not cancelled and its deadline not passed."""
+        if not self.future.set_running_or_notify_cancel():
+            return False
+        if self.deadline is not None and self.deadline.expired:
+            self.future.set_exception(DeadlineExceededError("expired while queued"))
+            return False
+        return True
 
 
 class MicroBatcher:
@@ -96,9 +111,10 @@ class MicroBatcher:
         request that will be refused costs next to nothing)."""
         return not self._queue.full()
 
-    def submit(self, pixels: np.ndarray) -> Future[BatchResult]:
-        """Queue one input (without batch axis); the future holds its ``BatchResult``."""
-        item = _Item(pixels)
+    def submit(self, pixels: np.ndarray, deadline: Deadline | None = None) -> Future[BatchResult]:
+        """Queue one input (without batch axis); the future holds its ``BatchResult``, or
+        ``DeadlineExceededError`` when ``deadline`` passed before a worker reached it."""
+        item = _Item(pixels, deadline)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -138,7 +154,7 @@ class MicroBatcher:
                 return
             items, stopping = self._gather(first)
             # a request that timed out while waiting is skipped, not computed
-            live = [item for item in items if item.future.set_running_or_notify_cancel()]
+            live = [item for item in items if item.start()]
             groups: dict[tuple[int, ...], list[_Item]] = {}
             for item in live:
                 groups.setdefault(item.pixels.shape, []).append(item)
@@ -189,19 +205,39 @@ class BoundedExecutor:
         with self._lock:
             return self._pending < self._max_pending
 
-    def submit(self, job: Callable[[], Any]) -> Future[Any]:
-        """Run ``job`` on the worker; ``OverloadedError`` when the backlog is full."""
+    def claim(self) -> None:
+        """Take a backlog slot now, for a job that will be submitted later (``claimed=True``):
+        clips claim theirs before they are decoded. ``OverloadedError`` when none is free;
+        ``unclaim`` gives it back when the job will not be submitted after all."""
         if not self._slots.acquire(blocking=False):
             raise OverloadedError("the clip queue is full")
         with self._lock:
             self._pending += 1
 
-        def release(_: Future[Any]) -> None:
-            with self._lock:
-                self._pending -= 1
-            self._slots.release()
+    def unclaim(self) -> None:
+        """Return a slot taken by ``claim`` whose job was never submitted."""
+        with self._lock:
+            self._pending -= 1
+        self._slots.release()
 
-        future = self._executor.submit(job)
+    def submit(
+        self, job: Callable[[], Any], deadline: Deadline | None = None, *, claimed: bool = False
+    ) -> Future[Any]:
+        """Run ``job`` on the worker; ``OverloadedError`` when the backlog is full (unless a
+        slot was ``claim``ed for it). A job whose ``deadline`` has passed when the worker
+        reaches it fails with ``DeadlineExceededError`` without running."""
+        if not claimed:
+            self.claim()
+
+        def release(_: Future[Any]) -> None:
+            self.unclaim()
+
+        def run() -> Any:
+            if deadline is not None:
+                deadline.check()
+            return job()
+
+        future = self._executor.submit(run)
         future.add_done_callback(release)
         return future
 

@@ -15,14 +15,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
-from .api.routes import health, models, segment, ui, video
+from .api.routes import docs, health, models, segment, ui, v2, video
+from .api.state import AppState, app_state
 from .core.config import Settings, get_settings
 from .core.logging import configure_logging
-from .metrics import ServiceMetrics
-from .registry import ModelRegistry
+from .core.memory import pin_malloc_thresholds
+from .registry import DuplicateModelError, ModelLoadError
 
 __all__ = ["create_app"]
 
@@ -35,20 +37,24 @@ needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 """
 
 
-def _load(app: FastAPI, stop_on_failure: bool) -> None:
-    state = app.state
+def _load(state: AppState, stop_on_failure: bool) -> None:
     try:
         state.registry.load()
-    except Exception as error:  # reported by /healthz and /readyz; the log has the traceback
+    except Exception as error:  # /healthz and /readyz name the model; the log has the rest
         log.exception("loading the models failed")
-        state.load_error = str(error)
+        if isinstance(error, ModelLoadError):
+            state.readiness.set_failed(error.model)
+        elif isinstance(error, DuplicateModelError):
+            state.readiness.set_failed(reason=str(error))
+        else:
+            state.readiness.set_failed()
         if stop_on_failure:
             # A server that can never become ready should exit (non-zero, after a graceful
             # shutdown), so Docker's restart policy or the orchestrator sees the failure.
             log.error("stopping: the service cannot serve without its models")
             os.kill(os.getpid(), signal.SIGTERM)
         return
-    state.ready.set()
+    state.readiness.set_ready()
     state.metrics.ready.set(1)
     log.info("ready: %s", ", ".join(served.info.name for served in state.registry))
 
@@ -64,17 +70,18 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
     """
     settings = settings or get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    metrics = ServiceMetrics()
+    pin_malloc_thresholds()
+    state = AppState.create(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Reference-counted: test clients may enter the lifespan of an app that is already
         # running; models load on the first entry and close on the last exit.
-        state = app.state
+        state = app_state(app)
         state.lifespans += 1
         if state.lifespans == 1:
             state.loader = threading.Thread(
-                target=_load, args=(app, background_load), name="model-loader", daemon=True
+                target=_load, args=(state, background_load), name="model-loader", daemon=True
             )
             if background_load:
                 state.loader.start()
@@ -85,24 +92,39 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
         finally:
             state.lifespans -= 1
             if state.lifespans == 0:
-                if state.loader.is_alive():
+                if state.loader is not None and state.loader.is_alive():
                     state.loader.join()
-                state.registry.close()
+                state.close()
 
     app = FastAPI(
         title="CCNet segmentation service",
         description=_DESCRIPTION,
         version="1.0.0",
         lifespan=lifespan,
+        docs_url=None,  # served offline by routes.docs
+        redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.registry = ModelRegistry(settings, metrics)
-    app.state.ready = threading.Event()
-    app.state.load_error = None
-    app.state.lifespans = 0
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.state.ccnet = state
+    app.add_middleware(
+        RequestContextMiddleware, metrics=state.metrics, max_header_bytes=settings.max_header_bytes
+    )
+    if settings.cors_origins:  # off unless origins are listed (CCNET_CORS_ORIGINS)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Model", "X-Inference-Ms", "X-Request-Id", "Retry-After"],
+        )
     install_error_handlers(app)
-    for router in (health.router, models.router, segment.router, video.router, ui.router):
+    for router in (
+        health.router,
+        models.router,
+        segment.router,
+        video.router,
+        ui.router,
+        docs.router,
+        v2.router,
+    ):
         app.include_router(router)
     return app

@@ -65,6 +65,29 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.budget_used = Gauge(
+            "ccnet_memory_budget_used_bytes",
+            "bytes of the memory budget reserved by requests in flight",
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "ccnet_client_disconnects_total",
+            "requests whose client went away before the answer (logged, answered 499)",
+            registry=self.registry,
+        )
+        self.precision = Gauge(
+            "ccnet_model_precision_info",
+            "1 per model: the precision it runs in, the setting, and the CPU's AMX, "
+            "AVX512-BF16 and VNNI support",
+            ["model", "backend", "precision", "requested", "amx", "avx512_bf16", "vnni"],
+            registry=self.registry,
+        )
+        self.precision_speedup = Gauge(
+            "ccnet_model_precision_speedup",
+            "measured speed-up of the chosen precision over fp32 (parity gate), by model",
+            ["model"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "ccnet_ready", "1 once every model is loaded and warmed up", registry=self.registry
         )

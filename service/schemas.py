@@ -13,6 +13,7 @@ __all__ = [
     "ClassInfo",
     "ClassStat",
     "ClipSegmentation",
+    "CpuFeatures",
     "ErrorBody",
     "ErrorResponse",
     "FrameClassStat",
@@ -21,7 +22,10 @@ __all__ = [
     "ImageSegmentation",
     "ModelEntry",
     "ModelList",
+    "PrecisionGate",
+    "PrecisionInfo",
     "RunLengthEncoding",
+    "TrainingCard",
 ]
 
 
@@ -53,6 +57,56 @@ class ClassInfo(BaseModel):
     color: list[int] = Field(min_length=3, max_length=3, examples=[[128, 64, 128]])
 
 
+class PrecisionGate(BaseModel):
+    """One reduced-precision path measured against fp32 on this machine (the parity gate)."""
+
+    precision: str
+    photo_agreement: float | None = Field(description="argmax agreement on photographs")
+    val_agreement: float | None = Field(description="argmax agreement on validation data")
+    miou_fp32: float | None = None
+    miou: float | None = None
+    ms_fp32: float | None = None
+    ms: float | None = None
+    speedup: float
+    passed: bool
+    failures: list[str] = []
+
+
+class CpuFeatures(BaseModel):
+    """The CPU features that decide which precisions are offered."""
+
+    model: str
+    isa: str
+    amx: bool
+    avx512_bf16: bool
+    vnni: bool
+    flags: list[str] = []
+
+
+class PrecisionInfo(BaseModel):
+    """The numeric precision a model runs in and why (``CCNET_PRECISION``)."""
+
+    requested: str = Field(examples=["auto"])
+    chosen: str = Field(examples=["bf16"])
+    offered: list[str] = []
+    speedup: float = Field(description="measured speed-up of ``chosen`` over fp32")
+    reason: str = ""
+    gate: dict[str, PrecisionGate] = {}
+    cpu: CpuFeatures | None = None
+
+
+class TrainingCard(BaseModel):
+    """What a model was trained on; for demo models, the commands to real weights."""
+
+    data: str | None = Field(examples=["ccnet synth --kind images --seed 0: synthetic scenes"])
+    synthetic: bool = Field(description="trained on generated textures, not photographs")
+    val_miou: float | None = Field(None, description="validation mIoU (0..1) at training")
+    summary: str
+    real_weights: dict[str, str] | None = Field(
+        None, description="convert / train commands (demo models only)"
+    )
+
+
 class ModelEntry(BaseModel):
     """A loaded model."""
 
@@ -62,6 +116,8 @@ class ModelEntry(BaseModel):
     device: str = Field(examples=["cpu"])
     default: bool = Field(description="used when a request names no model")
     window: int | None = Field(None, description="frames per window (video models)")
+    precision: PrecisionInfo | None = None
+    training: TrainingCard | None = None
     classes: list[ClassInfo]
 
 

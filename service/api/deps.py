@@ -1,6 +1,10 @@
-"""Request dependencies: settings, the model registry, metrics and the API-key check.
+"""Request dependencies: application state, readiness, the model a request asks for, the
+API-key check.
 
-Each is a provider function plus an ``Annotated`` alias that routes reuse.
+Each is a provider function plus an ``Annotated`` alias that routes reuse, so a handler
+receives what it needs ready and its body is the request's story, not its checks. FastAPI
+runs a router's ``dependencies`` (the API key) before a handler's own, so every /v1 request
+is checked in the same order: API key, readiness, model lookup.
 """
 
 from __future__ import annotations
@@ -8,53 +12,104 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from ..core.config import Settings
+from ..core.readiness import ReadinessProblem
 from ..metrics import ServiceMetrics
-from ..registry import ModelRegistry
+from ..registry import ModelRegistry, ServedImageModel, ServedVideoModel, UnknownModelError
 from .errors import ApiError
+from .params import ModelName
+from .state import AppState, app_state
 
-__all__ = ["ApiKey", "MetricsDep", "RegistryDep", "SettingsDep", "require_api_key"]
+__all__ = [
+    "ApiKey",
+    "ImageModelDep",
+    "MetricsDep",
+    "RegistryDep",
+    "SettingsDep",
+    "StateDep",
+    "readiness_error",
+    "require_api_key",
+]
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_state(request: Request) -> AppState:
+    return app_state(request)
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_registry(request: Request) -> ModelRegistry:
-    """The loaded models; 503 (with Retry-After) until loading and warm-up are done."""
-    state = request.app.state
-    if state.load_error is not None:
-        raise ApiError(503, "not_ready", f"the models failed to load: {state.load_error}")
-    if not state.ready.is_set():
-        raise ApiError(503, "not_ready", "the models are still loading", {"Retry-After": "2"})
-    return state.registry
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_metrics(state: StateDep) -> ServiceMetrics:
+    return state.metrics
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+
+def readiness_error(problem: ReadinessProblem) -> ApiError:
+    """The 503 answer for a readiness problem (shared with /readyz and /healthz)."""
+    headers = {"Retry-After": str(problem.retry_after_s)} if problem.retry_after_s else None
+    return ApiError(503, problem.code, problem.message, headers)
+
+
+def get_registry(state: StateDep) -> ModelRegistry:
+    """The loaded models; 503 until loading and warm-up are done (or after they failed)."""
+    problem = state.readiness.problem()
+    if problem is not None:
+        raise readiness_error(problem)
+    return state.registry
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+def _lookup(registry: ModelRegistry, name: str | None, kind: type):
+    try:
+        return registry.get(name, kind)
+    except UnknownModelError as error:
+        raise ApiError(422, "unknown_model", str(error)) from None
+
+
+def get_image_model(registry: RegistryDep, model: ModelName = None) -> ServedImageModel:
+    """The image model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
+    return _lookup(registry, model, ServedImageModel)
+
+
+def get_video_model(registry: RegistryDep, model: ModelName = None) -> ServedVideoModel:
+    """The clip model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
+    return _lookup(registry, model, ServedVideoModel)
+
+
+ImageModelDep = Annotated[ServedImageModel, Depends(get_image_model)]
+VideoModelDep = Annotated[ServedVideoModel, Depends(get_video_model)]
+
+# Declared as security schemes, so /openapi.json (and the Authorize button of /docs) knows
+# the API takes a key; auto_error=False because without CCNET_API_KEY no key is needed.
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="the key set by CCNET_API_KEY"
+)
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY (CCNET_API_KEY)")
 
 
 def require_api_key(
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Security(_api_key_header)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> None:
     """With ``CCNET_API_KEY`` set, requests need ``Authorization: Bearer KEY`` or
     ``X-API-Key: KEY``; compared in constant time."""
     if settings.api_key is None:
         return
     expected = settings.api_key.get_secret_value().encode()
-    offered = x_api_key
-    if offered is None and authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        offered = token.strip() if scheme.lower() == "bearer" else None
+    offered = x_api_key if x_api_key is not None else (bearer.credentials if bearer else None)
     if offered is None or not secrets.compare_digest(offered.encode(), expected):
         raise ApiError(
             401,

@@ -13,8 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["CLIENT_CLOSED", "ApiError", "error_response", "install_error_handlers"]
+
+# nginx's status for "the client closed the connection before the answer": never sent (there
+# is nobody to send it to), but it is what the access log and the metrics record
+CLIENT_CLOSED = 499
 
 log = logging.getLogger("ccnet.service.errors")
 
@@ -80,6 +85,14 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _CODES_BY_STATUS.get(error.status_code, "http_error")
         message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
         return error_response(error.status_code, code, message, dict(error.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        # not a server error: the upload stopped because the client left (logged as such by
+        # the access log, counted by ccnet_client_disconnects_total)
+        return error_response(
+            CLIENT_CLOSED, "client_disconnected", "the client closed the connection mid-request"
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:

@@ -6,23 +6,11 @@ type that is not an image (or not a clip) is refused before any decoding.
 
 from __future__ import annotations
 
+from ..codecs import IMAGE_MEDIA_TYPES  # beside its decoder
 from .errors import ApiError
 
 __all__ = ["IMAGE_MEDIA_TYPES", "check_media_type"]
 
-IMAGE_MEDIA_TYPES = frozenset(
-    {
-        "image/png",
-        "image/jpeg",
-        "image/jpg",
-        "image/pjpeg",
-        "image/webp",
-        "image/bmp",
-        "image/x-ms-bmp",
-        "image/gif",
-        "image/tiff",
-    }
-)
 _UNDECLARED = frozenset({"", "application/octet-stream"})
 
 

@@ -1,4 +1,4 @@
-"""Per-request context: request id, access log line and request metrics.
+"""Per-request context: request id, security headers, access log line and request metrics.
 
 A plain ASGI middleware (not ``BaseHTTPMiddleware``) so upload bodies stream through
 untouched and the size limit can act while they arrive.
@@ -16,20 +16,41 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.logging import request_id
 from ..metrics import ServiceMetrics
+from .errors import CLIENT_CLOSED, error_response
 
 __all__ = ["RequestContextMiddleware"]
 
 log = logging.getLogger("ccnet.service.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# HTML that sets no policy of its own (error pages of other layers, future pages) gets the
+# strictest one; the demo page and /docs set theirs
+_HTML_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+
+_DOCS_URLS = ("docs_url", "redoc_url", "openapi_url", "swagger_ui_oauth2_redirect_url")
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template; FastAPI's own docs routes are plain Starlette routes
+    that leave no ``route`` in the scope, so they are recognised by the app's docs URLs."""
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return path
+    app = scope.get("app")
+    docs = {getattr(app, name, None) for name in _DOCS_URLS} - {None}
+    return scope["path"] if scope["path"] in docs else "unmatched"
 
 
 class RequestContextMiddleware:
-    """Tags each request with an id (the client's ``X-Request-Id`` if it is sane), then
-    logs and counts it by route template, method, status and error code."""
+    """Tags each request with an id (the client's ``X-Request-Id`` if it is sane), marks
+    every response ``X-Content-Type-Options: nosniff`` (and HTML without a policy with a
+    restrictive CSP), then logs and counts it by route template, method, status and error
+    code. A client that left mid-request is logged and counted as such (499), not as 500."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_header_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,23 +66,42 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-Id"] = rid
+                headers["X-Content-Type-Options"] = "nosniff"
+                content_type = headers.get("content-type", "")
+                if (
+                    content_type.startswith("text/html")
+                    and "content-security-policy" not in headers
+                ):
+                    headers["Content-Security-Policy"] = _HTML_CSP
                 outcome["status"] = message["status"]
                 outcome["code"] = headers.get("x-error-code")
                 outcome["model"] = headers.get("x-model")
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            # the HTTP protocol bounds a head that is still arriving; one that arrived whole in
+            # a single read is measured here
+            head = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if head > self.max_header_bytes:
+                response = error_response(
+                    431,
+                    "headers_too_large",
+                    f"the request headers hold {head} bytes, more than {self.max_header_bytes}",
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - began
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = _route_template(scope)
             method = scope["method"]
             status = str(outcome["status"])
             self.metrics.requests.labels(template, method, status).inc()
             self.metrics.latency.labels(template, method).observe(seconds)
             if outcome["code"]:
                 self.metrics.errors.labels(outcome["code"]).inc()
+            if outcome["status"] == CLIENT_CLOSED:
+                self.metrics.disconnects.inc()
             if template not in ("/healthz", "/readyz", "/metrics"):
                 log.info(
                     "%s %s %s %.1f ms",

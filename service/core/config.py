@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fp16: bool = Field(True, description="half precision on CUDA (torch backend)")
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
+        "auto",
+        description="auto: the fastest path that passes the parity gate on this machine "
+        "(service/backends/precision.py); bf16 (torch, CPU), int8 (onnxruntime, CPU), fp16 (CUDA)",
+    )
     threads: int = Field(
         0, ge=0, description="intra-op threads; 0 = the CPU cores shared among the workers"
     )
@@ -84,10 +89,48 @@ class Settings(BaseSettings):
     )
     queue_size: int = Field(64, ge=1, description="image requests waiting before 503")
     video_queue_size: int = Field(4, ge=1, description="clips waiting before 503")
-    request_timeout_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="one deadline per request: decode, queue, inference and encode"
+    )
     retry_after_s: int = Field(1, ge=1)
 
-    @field_validator("models", mode="before")
+    # memory: what requests may hold at once (see service/costs.py for one request's cost)
+    memory_budget_mb: int = Field(
+        896,
+        ge=16,
+        description="MiB of uploads and decoded/inference/output buffers in flight across "
+        "requests; a request that would pass it is refused 503, one that alone would is 413",
+    )
+    decode_workers: int = Field(2, ge=1, description="uploads decoded at the same time")
+
+    # connections (enforced by service.core.http_protocol, the HTTP protocol `ccnet serve` runs)
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this, from its first byte"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="window in which a request body must make progress"
+    )
+    min_body_rate: int = Field(
+        1024, ge=0, description="bytes/s a body must average over each body_timeout_s window"
+    )
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections")
+    max_connections: int = Field(
+        1024,
+        ge=8,
+        description="open connections per process; past it the longest-idle one is closed, "
+        "or the new one is answered 503 when none is idle",
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line and headers")
+    max_form_parts: int = Field(8, ge=1, description="parts in a multipart upload")
+    max_form_field_bytes: int = Field(
+        64 * 1024, ge=1, description="a multipart part other than the file, and part headers"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser (CORS); none by default",
+    )
+
+    @field_validator("models", "cors_origins", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):

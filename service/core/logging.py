@@ -2,6 +2,11 @@
 
 The request id comes from the client's ``X-Request-Id`` or is made up per request; it is kept
 in a context variable so every log line written while serving that request carries it.
+
+Lines are rate-limited per message template: a flood of bad requests (malformed HTTP, slow
+connections cut, refusals) must not turn into a flood of log lines that fills the disk. Past
+a burst, each template gets a few lines a second, and the next line that passes says how many
+were dropped.
 """
 
 from __future__ import annotations
@@ -9,11 +14,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import threading
 import time
 
 import orjson
 
-__all__ = ["configure_logging", "request_id"]
+__all__ = ["RateLimitFilter", "configure_logging", "request_id"]
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -24,6 +30,39 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id.get()
+        return True
+
+
+class RateLimitFilter(logging.Filter):
+    """At most ``burst`` lines at once and ``per_second`` after that, per message template
+    and error code (a token bucket each). Access lines of successful requests pass: they
+    are bounded by the work done."""
+
+    def __init__(self, per_second: float = 5.0, burst: int = 20) -> None:
+        super().__init__()
+        self.per_second = per_second
+        self.burst = burst
+        self._buckets: dict[tuple[str, str], list[float]] = {}  # tokens, last time, dropped
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status", None)
+        if isinstance(status, int) and status < 400:
+            return True  # access lines of answered requests: bounded by the work itself
+        key = (record.name, f"{record.msg}|{getattr(record, 'error_code', '')}")
+        now = time.monotonic()
+        with self._lock:
+            if len(self._buckets) > 10_000:  # templates are few; this only bounds the dict
+                self._buckets.clear()
+            tokens, last, dropped = self._buckets.get(key, [float(self.burst), now, 0.0])
+            tokens = min(float(self.burst), tokens + (now - last) * self.per_second)
+            if tokens < 1.0:
+                self._buckets[key] = [tokens, now, dropped + 1]
+                return False
+            self._buckets[key] = [tokens - 1.0, now, 0.0]
+        if dropped:
+            record.suppressed = int(dropped)
+            record.msg = f"{record.msg} ({int(dropped)} similar lines suppressed)"
         return True
 
 
@@ -49,6 +88,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """Send ``ccnet.*`` and uvicorn's logs to stderr in ``fmt`` ("json" or "text")."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RateLimitFilter())
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,14 @@ from service.main import create_app
 
 def make_client(**overrides: object) -> TestClient:
     """A started app (models loaded) with settings ``overrides``; use as a context manager."""
+    from export.prepare import prepare_served
+    from service.backends.loading import effective_backend
+
     settings = Settings(log_format="text", log_level="warning", **overrides)
+    for _, path in settings.model_sources():  # as `ccnet serve` does before its workers
+        # a file that cannot be prepared fails when the app loads it, as in a served one
+        with contextlib.suppress(OSError, ValueError):
+            prepare_served(path, effective_backend(path, settings), settings)
     return TestClient(create_app(settings, background_load=False))
 
 

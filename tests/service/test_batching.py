@@ -9,6 +9,7 @@ import pytest
 
 from service.batching import BoundedExecutor, MicroBatcher, OverloadedError
 from service.core.config import Settings, available_cores
+from service.core.deadline import Deadline, DeadlineExceededError
 
 
 def _double(batch: np.ndarray) -> np.ndarray:
@@ -133,6 +134,58 @@ def test_cancelled_requests_are_not_computed() -> None:
     finally:
         batcher.close()
     assert 7.0 not in computed and 9.0 in computed
+
+
+def test_items_whose_deadline_passed_in_the_queue_are_dropped() -> None:
+    gate, entered = threading.Event(), threading.Event()
+    computed: list[float] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        gate.wait(5)
+        computed.extend(batch[:, 0].tolist())
+        return batch
+
+    batcher = MicroBatcher(run, max_batch_size=1, max_wait_ms=0)
+    try:
+        first = batcher.submit(np.zeros(1))
+        assert entered.wait(5)
+        expired = batcher.submit(np.full(1, 7.0), Deadline.after(0.01))
+        alive = batcher.submit(np.full(1, 9.0), Deadline.after(30))
+        threading.Event().wait(0.05)  # the first deadline passes while the worker is busy
+        gate.set()
+        first.result(timeout=10)
+        with pytest.raises(DeadlineExceededError):
+            expired.result(timeout=10)
+        assert alive.result(timeout=10).output[0] == 9.0
+    finally:
+        batcher.close()
+    assert 7.0 not in computed
+
+
+def test_bounded_executor_skips_expired_jobs_and_honours_claims() -> None:
+    gate = threading.Event()
+    executor = BoundedExecutor(max_pending=2)
+    ran: list[int] = []
+    try:
+        executor.claim()  # a clip holding its slot while it decodes
+        busy = executor.submit(lambda: gate.wait(5))
+        assert not executor.has_room()
+        with pytest.raises(OverloadedError):
+            executor.claim()
+        late = executor.submit(lambda: ran.append(1), Deadline.after(0.01), claimed=True)
+        threading.Event().wait(0.05)
+        gate.set()
+        busy.result(timeout=10)
+        with pytest.raises(DeadlineExceededError):
+            late.result(timeout=10)
+        assert ran == [] and executor.depth == 0
+        executor.claim()
+        executor.unclaim()
+        assert executor.depth == 0 and executor.has_room()
+    finally:
+        gate.set()
+        executor.close()
 
 
 def test_workers_run_batches_side_by_side() -> None:

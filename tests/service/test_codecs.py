@@ -149,3 +149,88 @@ def test_overlay_blends_at_alpha() -> None:
     assert tuple(blend_overlay(rgb, mask, palette, 0.5)[0, 1]) == (150, 150, 150)
     with pytest.raises(ValueError, match="alpha"):
         blend_overlay(rgb, mask, palette, 1.5)
+
+
+# ------------------------------------------------------------------- JPEG draft decoding
+
+
+def _jpeg(rgb: np.ndarray, exif: Image.Exif | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=92, exif=exif or Image.Exif())
+    return buffer.getvalue()
+
+
+def _photo(width: int, height: int) -> np.ndarray:
+    import skimage.data
+
+    image = Image.fromarray(skimage.data.astronaut()).resize((width, height))
+    return np.asarray(image)
+
+
+def test_draft_decodes_a_large_jpeg_at_a_reduced_scale_close_to_the_full_decode() -> None:
+    data = _jpeg(_photo(2048, 1536))
+    full = decode_image(data)
+    small = decode_image(data, downscale_to=500)
+    # 2048 / 4 = 512 >= 500: a quarter of each side, never below 7/8 of what was asked
+    assert small.shape == (384, 512, 3)
+    reference = np.asarray(Image.fromarray(full).resize((512, 384), Image.Resampling.BOX))
+    error = np.abs(small.astype(np.int16) - reference.astype(np.int16)).mean()
+    assert error < 2.0, f"draft decode differs from a full decode by {error:.2f} levels"
+
+
+def test_draft_allows_at_most_an_eighth_below_the_requested_side() -> None:
+    data = _jpeg(_photo(4032, 3024))  # a 12 MP phone photo
+    assert decode_image(data, downscale_to=1024).shape == (756, 1008, 3)  # 1/4, 1008 >= 896
+    assert decode_image(data, downscale_to=1200).shape == (1512, 2016, 3)  # 1/4 too small
+
+
+def test_draft_keeps_small_images_and_other_formats_whole() -> None:
+    photo = _photo(640, 480)
+    assert decode_image(_jpeg(photo), downscale_to=1024).shape == (480, 640, 3)
+    assert decode_image(_png(Image.fromarray(photo)), downscale_to=100).shape == (480, 640, 3)
+
+
+def test_draft_decoding_applies_exif_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    rotated = decode_image(_jpeg(_photo(1600, 800), exif), downscale_to=200)
+    assert rotated.shape == (200, 100, 3)  # 1/8 scale, then turned upright
+
+
+# --------------------------------------------------------------------------- COCO RLE
+
+
+def _rle_masks() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    fragmented = rng.random((97, 203)) < 0.5
+    blocks = np.zeros((64, 48), dtype=bool)
+    blocks[5:40, 7:30] = True
+    return [
+        fragmented,
+        blocks,
+        np.ones((3, 4), dtype=bool),  # starts with a one: an empty first run of zeros
+        np.zeros((3, 4), dtype=bool),
+        np.zeros((0, 5), dtype=bool),
+        rng.random((1, 300)) < 0.02,  # long runs: multi-group deltas, negative too
+    ]
+
+
+def test_fast_rle_is_identical_to_the_pure_encoder() -> None:
+    from service.rle import encode_rle, encode_rle_reference, has_pycocotools
+
+    if not has_pycocotools:
+        pytest.skip("pycocotools is not installed: encode_rle is the pure version")
+    for index, mask in enumerate(_rle_masks()):
+        assert encode_rle(mask) == encode_rle_reference(mask), f"mask {index} {mask.shape}"
+
+
+def test_pure_rle_round_trips_and_pycocotools_reads_it() -> None:
+    from service.rle import decode_rle, encode_rle_reference
+
+    coco = pytest.importorskip("pycocotools.mask")
+    for index, mask in enumerate(_rle_masks()):
+        rle = encode_rle_reference(mask)
+        np.testing.assert_array_equal(decode_rle(rle), mask, err_msg=f"mask {index}")
+        if mask.size:
+            coded = {"size": rle["size"], "counts": str(rle["counts"]).encode()}
+            np.testing.assert_array_equal(coco.decode(coded).astype(bool), mask)

@@ -40,6 +40,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         **os.environ,
         "CCNET_LOG_FORMAT": "json",
         "CCNET_MAX_BATCH_WAIT_MS": "20",
+        "CCNET_HEADER_TIMEOUT_S": "1",
     }
     env.pop("CCNET_API_KEY", None)
     with log.open("wb") as sink:
@@ -158,4 +159,22 @@ def test_a_model_that_fails_to_load_stops_the_server(tmp_path) -> None:
         timeout=120,
     )
     assert done.returncode != 0
-    assert "broken.pt" in done.stderr and "loading the models failed" in done.stderr
+    # refused by the parent's prepare step (one line naming the file), or by a worker's load
+    assert "broken.pt" in done.stderr
+    assert "ccnet serve: error:" in done.stderr or "loading the models failed" in done.stderr
+
+
+def test_serve_runs_the_guarded_http_protocol(server) -> None:
+    """`ccnet serve` passes its connection limits to uvicorn: a silent connection is answered
+    408 after CCNET_HEADER_TIMEOUT_S, malformed HTTP gets the JSON error body."""
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+        began = time.monotonic()
+        answer = silent.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - began < 5
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as broken:
+        broken.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+        answer = broken.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400") and b'"code":"bad_request"' in answer, answer

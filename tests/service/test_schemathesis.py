@@ -40,7 +40,11 @@ def test_no_generated_request_earns_a_server_error() -> None:
                 case.validate_response(response, checks=[not_a_server_error])
                 if response.status_code >= 400:
                     body = response.json()
-                    assert set(body["error"]) == {"code", "message"}, body
+                    if label.split(" ", 1)[1].startswith("/v2"):  # noqa: B023 - runs now
+                        # the inference protocol's shape: Triton's client wants a string
+                        assert isinstance(body["error"], str) and body["code"], body
+                    else:
+                        assert set(body["error"]) == {"code", "message"}, body
 
             try:
                 check()

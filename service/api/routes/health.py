@@ -1,11 +1,17 @@
-"""Liveness, readiness and Prometheus metrics: cheap, and open even when an API key is set."""
+"""Liveness, readiness and Prometheus metrics: cheap, and open even when an API key is set.
+
+/healthz and /readyz read the same ``Readiness`` as every /v1 route. They never show a
+file path or an exception text (they are open to anyone who can reach the port): a failed
+load names the model, and the log has the rest.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from ...metrics import CONTENT_TYPE
 from ...schemas import Health
+from ..deps import StateDep, readiness_error
 from ..errors import error_response
 
 __all__ = ["router"]
@@ -14,11 +20,12 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True, summary="Liveness")
-def healthz(request: Request) -> Response | dict[str, str]:
+def healthz(state: StateDep) -> Response | dict[str, str]:
     """200 while the process can serve; 503 when its models failed to load (restart it)."""
-    error = request.app.state.load_error
-    if error is not None:
-        return error_response(503, "load_failed", f"the models failed to load: {error}")
+    problem = state.readiness.problem()
+    if problem is not None and problem.code == "load_failed":
+        error = readiness_error(problem)
+        return error_response(error.status, error.code, error.message, error.headers)
     return {"status": "ok"}
 
 
@@ -29,23 +36,20 @@ def healthz(request: Request) -> Response | dict[str, str]:
     summary="Readiness",
     responses={503: {"description": "still loading, or loading failed"}},
 )
-def readyz(request: Request) -> Response | dict[str, str]:
+def readyz(state: StateDep) -> Response | dict[str, str]:
     """200 once every model is loaded and warmed up; 503 before (and after a failed load)."""
-    state = request.app.state
-    if state.load_error is not None:
-        return error_response(503, "load_failed", f"the models failed to load: {state.load_error}")
-    if not state.ready.is_set():
-        return error_response(
-            503, "not_ready", "the models are still loading", {"Retry-After": "2"}
-        )
+    problem = state.readiness.problem()
+    if problem is not None:
+        error = readiness_error(problem)
+        return error_response(error.status, error.code, error.message, error.headers)
     return {"status": "ready"}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(request: Request) -> Response:
-    """Requests and latency by route and status, errors by code, queue depth, batch sizes and
-    inference time by backend, in the Prometheus text format."""
-    state = request.app.state
-    if state.ready.is_set():
+def metrics(state: StateDep) -> Response:
+    """Requests and latency by route and status, errors by code, queue depth, batch sizes,
+    inference time by backend and the memory budget in use, in the Prometheus text format."""
+    if state.readiness.ready:
         state.registry.update_gauges()
+    state.metrics.budget_used.set(state.budget.used)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)

@@ -2,60 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Annotated, Literal
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
-from ...codecs import blend_overlay
-from ...core.config import Settings
-from ...outputs import clip_json, clip_mask_zip
-from ...pipeline import segment_clip
+from ...backends.base import InferenceBackend
+from ...outputs import ClipOutput, ClipOverlayFormat, RenderOptions, render_clip
 from ...schemas import ClipSegmentation as ClipSegmentationSchema
-from ...video import (
-    MEDIA_TYPES,
-    DecodedVideo,
-    VideoDecodeError,
-    VideoTooLargeError,
-    decode_video,
-    encode_overlay_video,
-)
-from ..deps import ApiKey, RegistryDep, SettingsDep
-from ..errors import ApiError
-from ..inference import (
-    ERROR_RESPONSES,
-    ModelName,
-    OverlayAlpha,
-    refuse_if_full,
-    run_queued,
-    served_model,
-    upload_body,
-)
-from ..media import check_media_type
-from ..upload import read_upload
+from ...segmenter import ClipSegmentation, ClipSegmenter
+from ..acceptance import accept_clip
+from ..deps import ApiKey, VideoModelDep
+from ..params import ERROR_RESPONSES, OverlayAlpha, upload_body
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["segmentation"], dependencies=[ApiKey])
-_VIDEO_MEDIA_TYPES = frozenset(MEDIA_TYPES)
 
 _VIDEO_BODY = upload_body("video", ("video/mp4", "image/gif"))
-
-
-def _decode(data: bytes, settings: Settings) -> DecodedVideo:
-    try:
-        return decode_video(
-            data,
-            max_frames=settings.max_frames,
-            max_pixels=settings.max_video_pixels,
-            max_total_pixels=settings.max_clip_pixels,
-        )
-    except VideoTooLargeError as error:
-        raise ApiError(413, "video_too_large", str(error)) from None
-    except VideoDecodeError as error:
-        raise ApiError(400, "invalid_video", str(error)) from None
 
 
 @router.post(
@@ -78,45 +41,37 @@ def _decode(data: bytes, settings: Settings) -> DecodedVideo:
 )
 async def segment_video(
     request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    model: ModelName = None,
+    served: VideoModelDep,
     output: Annotated[
-        Literal["zip", "json", "overlay"],
+        ClipOutput,
         Query(description="zip: one mask PNG per frame; overlay: the clip with class colours"),
     ] = "zip",
     alpha: OverlayAlpha = 0.5,
-    format: Annotated[Literal["mp4", "gif"], Query(description="overlay container")] = "mp4",
+    format: Annotated[ClipOverlayFormat, Query(description="overlay container")] = "mp4",
+    legend: Annotated[bool, Query(description="overlay: draw a legend of the classes")] = False,
 ) -> Response:
     """Send a clip as multipart field ``video`` (or the raw body). It is decoded in memory,
     capped in frames and resolution, and segmented by a CCNet3D model over overlapping
     windows of its clip length."""
-    served = served_model(registry, model, "video")
-    upload = await read_upload(request, "video", settings.max_video_bytes)
-    check_media_type(upload.media_type, _VIDEO_MEDIA_TYPES, "a video clip")
-    assert served.clips is not None  # video models always have one
-    refuse_if_full(served.clips, settings)
-    clip = await run_in_threadpool(_decode, upload.data, settings)
-    job = functools.partial(
-        segment_clip,
-        served.backend,
-        clip.frames,
-        max_side=settings.max_video_side,
-        overlap=settings.video_overlap,
-    )
-    result = await run_queued(served.clips, job, settings)
     info = served.info
+    options = RenderOptions(alpha=alpha, clip_format=format, legend=legend)
+    async with accept_clip(request, served, output) as accepted:
+        work, clip = accepted.work, accepted.clip
+        settings = work.settings
 
-    def render() -> tuple[bytes, str]:
-        if output == "json":
-            return orjson.dumps(clip_json(result, info, clip.fps)), "application/json"
-        if output == "overlay":
-            blended = blend_overlay(clip.frames, result.masks, info.palette, alpha)
-            media = "video/mp4" if format == "mp4" else "image/gif"
-            return encode_overlay_video(blended, clip.fps, format), media
-        return clip_mask_zip(result, info, clip.fps), "application/zip"
+        def segment(backend: InferenceBackend) -> ClipSegmentation:
+            segmenter = ClipSegmenter(
+                backend, max_side=settings.max_video_side, overlap=settings.video_overlap
+            )
+            return segmenter.segment(clip.frames)
 
-    body, media_type = await run_in_threadpool(render)
+        result = await accepted.segment(segment)
+
+        def render() -> tuple[bytes, str]:
+            rendered = render_clip(output, clip.frames, clip.fps, result, info, options)
+            return rendered.body, rendered.media_type
+
+        body, media_type = await work.run(render, pool=work.state.encoders)
     headers = {
         "X-Model": info.name,
         "X-Inference-Ms": f"{result.inference_ms:.2f}",

@@ -1,0 +1,70 @@
+"""The application's state, typed and in one object (``app.state.ccnet``).
+
+Routes and dependencies reach it through ``deps.StateDep``; nothing else is kept on
+``app.state``.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
+
+from ..admission import MemoryBudget
+from ..core.config import Settings
+from ..core.readiness import Readiness
+from ..metrics import ServiceMetrics
+from ..registry import ModelRegistry
+
+__all__ = ["AppState", "app_state"]
+
+MiB = 1 << 20
+
+
+@dataclass
+class AppState:
+    """Everything a running app holds: settings, models, readiness, budget, pools."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    registry: ModelRegistry
+    readiness: Readiness = field(default_factory=Readiness)
+    budget: MemoryBudget = field(init=False)
+    # decoding (and clip probing) runs here: at most ``decode_workers`` at a time, off the loop
+    decoders: ThreadPoolExecutor = field(init=False)
+    # reading headers (image and clip probes) before admission: short, and never queued behind
+    # a decode, so a refusal under load stays fast
+    probes: ThreadPoolExecutor = field(init=False)
+    # rendering (mask PNGs, overlays, clip encoding): admitted work only, so bounded by the budget
+    encoders: ThreadPoolExecutor = field(init=False)
+    lifespans: int = 0  # test clients may enter the lifespan of a running app
+    loader: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.budget = MemoryBudget(self.settings.memory_budget_mb * MiB)
+        self.decoders = ThreadPoolExecutor(
+            self.settings.decode_workers, thread_name_prefix="decode"
+        )
+        self.probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
+        self.encoders = ThreadPoolExecutor(
+            max(4, 2 * self.settings.decode_workers), thread_name_prefix="encode"
+        )
+
+    @classmethod
+    def create(cls, settings: Settings) -> AppState:
+        metrics = ServiceMetrics()
+        return cls(settings, metrics, ModelRegistry(settings, metrics))
+
+    def close(self) -> None:
+        """Release the models (the decoding threads stay: idle, they cost nothing, and a
+        test client may start the app again)."""
+        self.registry.close()
+
+
+def app_state(where: FastAPI | HTTPConnection) -> AppState:
+    """The ``AppState`` of an app, or of the app serving a request."""
+    app = where if isinstance(where, FastAPI) else where.app
+    return app.state.ccnet

@@ -1,0 +1,66 @@
+"""Make freed buffers go back to the system, so the memory budget describes the process.
+
+glibc serves large allocations by mmap and returns them on free, but its threshold is
+dynamic: after the first large block is freed it rises to up to 32 MiB, and later blocks come
+from the heap, where freed memory stays in the process (per thread arena: the decode, encode
+and inference threads each keep their own). A service whose requests allocate and free tens
+of megabytes each then grows to the sum of every thread's worst moment, whatever the budget
+admitted. Pinning the threshold keeps large buffers on mmap; small objects are unaffected.
+
+``peak_growth_bytes`` measures what a call really adds to the resident set: the registry uses
+it once per model, at warm-up, to learn the forward pass' activation memory per input pixel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["peak_growth_bytes", "pin_malloc_thresholds"]
+
+log = logging.getLogger("ccnet.service.memory")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1 << 20  # 1 MiB: an image row block or more goes to mmap
+
+
+def pin_malloc_thresholds(threshold: int = _MMAP_THRESHOLD) -> bool:
+    """Pin glibc's mmap threshold at ``threshold`` bytes (False where there is no glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    pinned = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)
+    if not pinned:
+        log.warning("could not pin malloc's mmap threshold; RSS may exceed the memory budget")
+    return pinned
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_growth_bytes(run: Callable[[], object]) -> int | None:
+    """How far the process' resident set rose above its level while ``run()`` ran (VmHWM after
+    a reset through /proc/self/clear_refs), or None where Linux does not tell."""
+    before = _status_kib("VmRSS:")
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return None
+    run()
+    peak = _status_kib("VmHWM:")
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) * 1024
