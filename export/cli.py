@@ -115,8 +115,17 @@ def _register_onnx(targets: argparse._SubParsersAction) -> None:
         "--fp16-min-agreement",
         type=_fraction,
         metavar="FRACTION",
-        help="fp16 only: argmax agreement with PyTorch required (default 0.999); untrained "
+        help="fp16 only: argmax agreement with PyTorch required on the pixels fp16 can "
+        "resolve (fp32 top-2 margin above 2^-10 x the logit scale; default 0.999); untrained "
         "models have near-tied logits and may need less. Recorded in model.json",
+    )
+    onnx.add_argument(
+        "--output",
+        choices=("logits", "mask"),
+        default="logits",
+        help="what the file returns: float32 logits (N,K,H,W), or the class-id mask (N,H,W), "
+        "uint8, from an ArgMax appended to the graph (default logits; the service needs "
+        "logits)",
     )
     onnx.set_defaults(handler=_cmd_onnx)
 
@@ -131,14 +140,25 @@ def _cmd_onnx(args: argparse.Namespace) -> None:
         opset=args.opset,
         check_sizes=args.check_size,
         fp16_min_agreement=args.fp16_min_agreement,
+        output=args.output,
     )
     print(json.dumps(_summary(result.sidecar, result.model_path), indent=2))
+
+
+_PARITY_FIELDS = (
+    "shape",
+    "relative_error",
+    "argmax_agreement",
+    "resolved_agreement",
+    "unresolved_fraction",
+)
 
 
 def _summary(sidecar: dict, path: object) -> dict:
     return {
         "model": str(path),
         "dtype": sidecar["dtype"],
+        "output": sidecar.get("output", "logits"),
         "opset": sidecar["opset"],
         "inputs": sidecar["inputs"],
         "outputs": sidecar["outputs"],
@@ -146,8 +166,7 @@ def _summary(sidecar: dict, path: object) -> dict:
             f"{op['domain']}::{op['op_type']} ×{op['nodes']}" for op in sidecar["custom_ops"]
         ],
         "parity": [
-            {k: case[k] for k in ("shape", "relative_error", "argmax_agreement")}
-            for case in sidecar["parity"]["cases"]
+            {k: case[k] for k in _PARITY_FIELDS if k in case} for case in sidecar["parity"]["cases"]
         ],
     }
 

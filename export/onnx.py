@@ -15,6 +15,11 @@ checkpoints want BGR) or the value scale wrong; and the fp16 model normalises in
 its first cast. The sidecar still records the statistics, as documentation. Casting a 3-channel
 input costs nothing next to the network.
 
+Output: float32 logits ``(N, K, H, W)`` by default; ``--output mask`` appends an ArgMax over the
+classes (and a Cast to uint8 for up to 256 classes, else int64), so the file returns the class-id
+mask ``(N, H, W)`` (``(N, T, H, W)`` for clips): about 4K times fewer bytes to send back. The
+parity check runs on the logits graph first; the mask graph must then give exactly its argmax.
+
 Precision: ``--dtype fp16`` casts the network to float16 (TensorRT 10+ networks are strongly
 typed, so an fp16 engine needs fp16 in the ONNX); the attention's softmax is computed in float32
 inside the op, as in PyTorch.
@@ -43,6 +48,7 @@ __all__ = [
     "MAX_OPSET",
     "MIN_OPSET",
     "MODEL_FILE",
+    "OUTPUTS",
     "OnnxExport",
     "export_onnx",
     "export_onnx_model",
@@ -52,6 +58,8 @@ MODEL_FILE = "model.onnx"
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion; read by every TensorRT 10 parser
 MIN_OPSET = 18  # ReduceMax with axes as an input, used by the attention function
 MAX_OPSET = 23  # the newest opset torch 2.13's exporter emits
+OUTPUTS = ("logits", "mask")  # what the file returns (``--output``)
+MASK_NAME = "mask"
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,12 @@ def _validate(
     opset: int,
     check_sizes: Sequence[tuple[int, int]],
     fp16_min_agreement: float | None,
+    output: str = "logits",
 ) -> None:
     from export.graph_capture import DTYPES
 
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if fp16_min_agreement is not None and (dtype != "fp16" or not 0 < fp16_min_agreement <= 1):
@@ -138,6 +149,7 @@ def _build_sidecar(
     dtype: str,
     report: dict[str, Any],
     source: str,
+    output: str = "logits",
 ) -> dict[str, Any]:
     import hashlib
 
@@ -147,7 +159,7 @@ def _build_sidecar(
     import torch
 
     from export.onnx_functions import OP_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
-    from export.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, io_specs
+    from export.runtime.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, io_specs
 
     config = meta["config"]
     video = bool(config.get("video"))
@@ -168,6 +180,7 @@ def _build_sidecar(
         "classes": list(meta["classes"]),
         "palette": [list(c) for c in meta["palette"]],
         "dtype": dtype,
+        "output": output,
         "opset": opset,
         "ir_version": model.ir_version,
         "inputs": [s.to_dict() for s in inputs],
@@ -202,6 +215,66 @@ def _build_sidecar(
     }
 
 
+def _append_argmax(model: onnx.ModelProto, num_classes: int) -> onnx.ModelProto:
+    """The graph with ArgMax over the class axis (and a Cast to uint8 when the ids fit) after
+    its logits output: ``(N, K, [T,] H, W)`` float logits -> ``(N, [T,] H, W)`` class ids."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)
+    graph = masked.graph
+    (logits,) = graph.output
+    ids = f"{MASK_NAME}_int64"
+    narrow = num_classes <= 256
+    graph.node.append(
+        helper.make_node(
+            "ArgMax",
+            [logits.name],
+            [ids if narrow else MASK_NAME],
+            axis=1,
+            keepdims=0,
+            select_last_index=0,
+            name="mask_argmax",
+        )
+    )
+    if narrow:
+        graph.node.append(
+            helper.make_node("Cast", [ids], [MASK_NAME], to=TensorProto.UINT8, name="mask_cast")
+        )
+    dims = list(logits.type.tensor_type.shape.dim)
+    shape = [d.dim_param or d.dim_value for d in dims[:1] + dims[2:]]
+    elem = TensorProto.UINT8 if narrow else TensorProto.INT64
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(MASK_NAME, elem, shape))
+    return masked
+
+
+def _check_mask_graph(
+    masked: bytes, logits: bytes, sizes: Sequence[tuple[int, int]], video: bool
+) -> None:
+    """The mask graph's output equals the argmax of the (parity-checked) logits graph's on
+    every check batch, exactly."""
+    import numpy as np
+
+    from export.parity import CLIP_FRAMES, ParityError, onnxruntime_session, sample_batch
+
+    with_mask, with_logits = onnxruntime_session(masked), onnxruntime_session(logits)
+    name = with_logits.get_inputs()[0].name
+    for index, (height, width) in enumerate(sizes):
+        frames = CLIP_FRAMES[index % len(CLIP_FRAMES)] if video else None
+        batch, _ = sample_batch(height, width, frames=frames)
+        (mask,) = with_mask.run(None, {name: batch})
+        (reference,) = with_logits.run(None, {name: batch})
+        expected = reference.argmax(axis=1)
+        if mask.shape != expected.shape or not np.array_equal(mask, expected):
+            agree = float((mask == expected).mean()) if mask.shape == expected.shape else 0.0
+            raise ParityError(
+                f"the mask graph disagrees with the argmax of the logits graph at "
+                f"{height}×{width} ({agree:.4%} equal); nothing was written"
+            )
+
+
 def export_onnx_model(
     model: CCNet,
     meta: Mapping[str, Any],
@@ -211,6 +284,7 @@ def export_onnx_model(
     opset: int = DEFAULT_OPSET,
     check_sizes: Sequence[tuple[int, int]] | None = None,
     fp16_min_agreement: float | None = None,
+    output: str = "logits",
     source: str = "in-memory model",
     progress: Progress | None = None,
 ) -> OnnxExport:
@@ -224,12 +298,12 @@ def export_onnx_model(
     from export.graph_capture import DTYPES, ExportableModel, capture_onnx
     from export.onnx_functions import attach_functions
     from export.parity import DEFAULT_CHECK_SIZES, check_onnx, onnx_criterion
-    from export.sidecar import sidecar_path
+    from export.runtime.sidecar import sidecar_path
     from model import Normalization
     from model.files import ensure_writable_dir, write_files_atomic
 
     sizes = list(check_sizes or DEFAULT_CHECK_SIZES)
-    _validate(dtype, opset, sizes, fp16_min_agreement)
+    _validate(dtype, opset, sizes, fp16_min_agreement, output)
     _require_export_tools()
     say = progress or silent
     out = ensure_writable_dir(output_dir)
@@ -268,10 +342,23 @@ def export_onnx_model(
         criterion=onnx_criterion(dtype, fp16_min_agreement),
         progress=say,
     )
-    hint = " (an untrained model may need --fp16-min-agreement)" if dtype == "fp16" else ""
+    hint = (
+        " (an untrained model has near-tied logits everywhere and may need --fp16-min-agreement)"
+        if dtype == "fp16"
+        else ""
+    )
     report.raise_if_failed(f"{dtype} export of {name}{hint}", out)
+    if output == "mask":
+        proto = _append_argmax(proto, len(meta["classes"]))
+        _check_graph(proto)
+        mask_data = proto.SerializeToString()
+        _check_mask_graph(mask_data, data, sizes, video)
+        data = mask_data
+        say(f"  appended ArgMax: the file returns the {proto.graph.output[0].name!r} output")
 
-    sidecar = _build_sidecar(proto, data, meta, dtype=dtype, report=report.to_dict(), source=source)
+    sidecar = _build_sidecar(
+        proto, data, meta, dtype=dtype, report=report.to_dict(), source=source, output=output
+    )
     model_path = out / MODEL_FILE
     side_path = sidecar_path(model_path)
     text = json.dumps(sidecar, indent=2) + "\n"
@@ -288,6 +375,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check_sizes: Sequence[tuple[int, int]] | None = None,
     fp16_min_agreement: float | None = None,
+    output: str = "logits",
     progress: Progress | None = to_stderr,
 ) -> OnnxExport:
     """Export a checkpoint to ``output_dir/model.onnx`` + ``model.json``, verified first.
@@ -300,6 +388,8 @@ def export_onnx(
         check_sizes: the two (or more) (height, width) sizes of the parity check.
         fp16_min_agreement: for fp16, the argmax agreement required instead of 99.9% (an
             untrained model's near-tied logits may need less; the sidecar records it).
+        output: "logits" (float32, ``(N, K, H, W)``) or "mask" (class ids ``(N, H, W)``,
+            uint8 for up to 256 classes).
         progress: receives progress lines (stderr by default; None for silence).
 
     Raises:
@@ -313,7 +403,7 @@ def export_onnx(
     from model import load_checkpoint
 
     sizes = list(check_sizes or DEFAULT_CHECK_SIZES)
-    _validate(dtype, opset, sizes, fp16_min_agreement)  # before the checkpoint is read
+    _validate(dtype, opset, sizes, fp16_min_agreement, output)  # before the checkpoint is read
     model, meta = load_checkpoint(checkpoint)
     return export_onnx_model(
         model,
@@ -323,6 +413,7 @@ def export_onnx(
         opset=opset,
         check_sizes=sizes,
         fp16_min_agreement=fp16_min_agreement,
+        output=output,
         source=str(checkpoint),
         progress=progress,
     )

@@ -9,26 +9,24 @@ scaled size, and resized to the input's size with nearest-neighbour so class ids
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from .backends.base import InferenceBackend
-
 __all__ = [
     "STRIDE",
-    "ClipSegmentation",
-    "ImageSegmenter",
     "PreparedClip",
     "PreparedImage",
-    "Segmentation",
     "class_statistics",
     "labels_from_logits",
+    "labels_to_size",
+    "logits_to_size",
     "prepare_clip",
     "prepare_image",
-    "segment_clip",
+    "probabilities_from_logits",
+    "scale_frames",
+    "scaled_size",
 ]
 
 STRIDE = 8  # the networks' output stride
@@ -50,20 +48,6 @@ class PreparedClip:
     pixels: np.ndarray  # (3, T, Hp, Wp) float32
     size: tuple[int, int]
     scaled: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    """A mask at the input's size and what produced it."""
-
-    mask: np.ndarray  # (H, W) uint8 class ids
-    classes: list[str]
-    palette: list[list[int]]
-    inference_ms: float
-
-    def class_fractions(self) -> dict[str, float]:
-        """Fraction of the image covered by each class present."""
-        return {s["name"]: s["fraction"] for s in class_statistics(self.mask, self.classes)}
 
 
 def scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -97,7 +81,7 @@ def prepare_image(rgb: np.ndarray, max_side: int) -> PreparedImage:
     return PreparedImage(np.ascontiguousarray(pixels, dtype=np.float32), size, scaled)
 
 
-def _scaled_frames(
+def scale_frames(
     frames: np.ndarray, max_side: int
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """(T, Hp, Wp, 3) uint8 frames scaled and padded alike, the input size, the scaled size."""
@@ -110,12 +94,12 @@ def _scaled_frames(
 
 def prepare_clip(frames: np.ndarray, max_side: int) -> PreparedClip:
     """Scale and pad (T, H, W, 3) uint8 frames; every frame the same way."""
-    small, size, scaled = _scaled_frames(frames, max_side)
+    small, size, scaled = scale_frames(frames, max_side)
     pixels = np.ascontiguousarray(small.transpose(3, 0, 1, 2), dtype=np.float32)
     return PreparedClip(pixels, size, scaled)
 
 
-def _labels_to_size(
+def labels_to_size(
     labels: np.ndarray, scaled: tuple[int, int], size: tuple[int, int]
 ) -> np.ndarray:
     """(…, Hp, Wp) labels cropped to ``scaled`` and resized (nearest) to ``size``."""
@@ -138,12 +122,52 @@ def labels_from_logits(
     Returns (H, W) or (T, H, W) uint8.
     """
     labels = logits[..., : scaled[0], : scaled[1]].argmax(axis=0).astype(np.uint8)
-    return _labels_to_size(labels, scaled, size)
+    return labels_to_size(labels, scaled, size)
+
+
+def probabilities_from_logits(
+    logits: np.ndarray, scaled: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """Class probabilities (K, H, W) float32 at the input's size from (K, Hp, Wp) logits.
+
+    Softmax over classes on the network's grid, cropped to ``scaled`` and resized bilinearly to
+    ``size``; each resized pixel is a convex blend of probability vectors, so it still sums to 1.
+    """
+    cropped = logits[:, : scaled[0], : scaled[1]].astype(np.float32, copy=False)
+    exp = np.exp(cropped - cropped.max(axis=0, keepdims=True))
+    probs = exp / exp.sum(axis=0, keepdims=True)
+    if scaled == size:
+        return np.ascontiguousarray(probs)
+    resize = (size[1], size[0])
+    return np.stack(
+        [np.asarray(Image.fromarray(p).resize(resize, Image.Resampling.BILINEAR)) for p in probs]
+    )
+
+
+def logits_to_size(
+    logits: np.ndarray, scaled: tuple[int, int], size: tuple[int, int]
+) -> np.ndarray:
+    """(K, H, W) float32 logits at the input's size: cropped to ``scaled``, resized bilinearly
+    (only when the image was scaled down for inference)."""
+    cropped = np.ascontiguousarray(logits[:, : scaled[0], : scaled[1]], dtype=np.float32)
+    if scaled == size:
+        return cropped
+    resize = (size[1], size[0])
+    return np.stack(
+        [np.asarray(Image.fromarray(c).resize(resize, Image.Resampling.BILINEAR)) for c in cropped]
+    )
 
 
 def class_statistics(mask: np.ndarray, classes: list[str]) -> list[dict[str, object]]:
     """Pixel count and fraction of every class present in ``mask``, by class id."""
-    counts = np.bincount(mask.ravel(), minlength=len(classes))
+    # counted in blocks: bincount widens its input to int64, 8 bytes per pixel of a whole clip
+    flat = mask.reshape(-1)
+    counts = np.zeros(len(classes), dtype=np.int64)
+    for start in range(0, flat.size, 1 << 20):
+        block = np.bincount(flat[start : start + (1 << 20)], minlength=len(classes))
+        if len(block) > len(counts):
+            counts = np.pad(counts, (0, len(block) - len(counts)))
+        counts[: len(block)] += block
     total = mask.size
     return [
         {
@@ -155,70 +179,3 @@ def class_statistics(mask: np.ndarray, classes: list[str]) -> list[dict[str, obj
         for i, c in enumerate(counts)
         if c > 0
     ]
-
-
-class ImageSegmenter:
-    """One image at a time through a backend (``ccnet predict``; the service batches instead).
-
-    Args:
-        backend: any inference backend for an image model.
-        max_side: images whose long side exceeds this are scaled down for inference.
-    """
-
-    def __init__(self, backend: InferenceBackend, *, max_side: int = 1024) -> None:
-        if max_side < 1:
-            raise ValueError(f"max_side must be >= 1, got {max_side}")
-        self.backend = backend
-        self.max_side = max_side
-
-    def segment(self, rgb: np.ndarray) -> Segmentation:
-        """Class ids for every pixel of ``rgb`` (H, W, 3) uint8."""
-        prepared = prepare_image(rgb, self.max_side)
-        began = time.perf_counter()
-        logits = self.backend.infer(prepared.pixels[None])[0]
-        elapsed = (time.perf_counter() - began) * 1e3
-        mask = labels_from_logits(logits, prepared.scaled, prepared.size)
-        info = self.backend.info
-        return Segmentation(mask, info.classes, info.palette, elapsed)
-
-
-@dataclass(frozen=True)
-class ClipSegmentation:
-    """Masks for every frame of a clip and how they were made."""
-
-    masks: np.ndarray  # (T, H, W) uint8 class ids
-    inference_ms: float
-    window: int
-    overlap: int
-
-
-def segment_clip(
-    backend: InferenceBackend,
-    frames: np.ndarray,
-    *,
-    max_side: int,
-    overlap: int | None = None,
-) -> ClipSegmentation:
-    """Run a video model over (T, H, W, 3) uint8 frames in overlapping windows.
-
-    The window is the model's clip length; neighbouring windows share ``overlap`` frames
-    (half a window by default) and their per-frame probabilities are blended, so a frame's
-    label draws on context from both sides and window edges do not flicker. Memory stays
-    bounded by the window: frames are kept as scaled uint8 and converted per window, and a
-    frame's label is decided once the last window covering it has run.
-    """
-    from . import clips
-
-    small, size, scaled = _scaled_frames(frames, max_side)  # (T, Hp, Wp, 3) uint8
-    window = backend.info.window or 4
-    overlap = window // 2 if overlap is None else min(overlap, window - 1)
-
-    def infer(start: int, stop: int) -> np.ndarray:
-        pixels = small[start:stop].transpose(3, 0, 1, 2).astype(np.float32)  # (3, t, Hp, Wp)
-        return backend.infer(pixels[None])[0]
-
-    began = time.perf_counter()
-    labels = clips.segment_clip(len(small), infer, window=window, overlap=overlap)
-    elapsed = (time.perf_counter() - began) * 1e3
-    labels = _labels_to_size(labels, scaled, size)
-    return ClipSegmentation(np.ascontiguousarray(labels), elapsed, window, overlap)

@@ -15,29 +15,24 @@ have their own demuxers and are accepted, a single-frame GIF as a one-frame clip
 from __future__ import annotations
 
 import io
-import json
 import math
-import zipfile
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Literal
 
 import av
 import av.error
 import numpy as np
 from PIL import Image
 
-from service.codecs import encode_mask_png
-
 __all__ = [
     "DEFAULT_FPS",
     "MEDIA_TYPES",
+    "VIDEO_SUFFIXES",
     "DecodedVideo",
     "VideoDecodeError",
     "VideoTooLargeError",
     "decode_video",
-    "encode_mask_zip",
     "encode_overlay_video",
 ]
 
@@ -57,6 +52,9 @@ MEDIA_TYPES: dict[str, str] = {
     "image/gif": "gif",
     "image/apng": "apng",
 }
+
+# File suffixes ``ccnet predict`` treats as clips (an animated .gif is a clip too).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".3gp", ".webm", ".mkv", ".avi", ".ogv", ".mpeg", ".mpg")
 
 DEFAULT_FPS = 10.0  # when neither the container nor the frames say; GIF viewers assume the same
 _MAX_PLAUSIBLE_FPS = 1000.0  # a larger rate comes from broken timestamps, not from a camera
@@ -322,31 +320,3 @@ def _palette_frame(rgb: np.ndarray) -> av.VideoFrame:
     argb[: len(colours), 0] = 255  # opaque
     argb[: len(colours), 1:] = colours
     return av.VideoFrame.from_ndarray((indices, argb), format="pal8")
-
-
-def encode_mask_zip(
-    masks: np.ndarray,
-    palette: Sequence[Sequence[int]],
-    *,
-    extra: Mapping[str, Any] | None = None,
-) -> bytes:
-    """A zip of ``frame_00000.png``, ``frame_00001.png``, … plus ``clip.json`` with ``extra``.
-
-    Each PNG is ``encode_mask_png``'s: one band, pixel value = class id, palette attached.
-    Entries carry a fixed timestamp, so the same masks always give the same bytes.
-    """
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be (T, H, W), got shape {masks.shape}")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for index, mask in enumerate(masks):
-            _write_entry(archive, f"frame_{index:05d}.png", encode_mask_png(mask, palette))
-        if extra is not None:
-            text = json.dumps(dict(extra), sort_keys=True, indent=2) + "\n"
-            _write_entry(archive, "clip.json", text.encode("utf-8"))
-    return buffer.getvalue()
-
-
-def _write_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    archive.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)

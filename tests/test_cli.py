@@ -52,7 +52,7 @@ def test_predict_writes_mask_and_overlay(tmp_path, capsys) -> None:
     assert mask.mode == "P"
     assert mask.size == (67, 41)
     assert Image.open(out / "street scene_overlay.png").size == (67, 41)
-    fractions = summary["street scene"]["class_fractions"]
+    fractions = summary[str(image)]["class_fractions"]
     assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-3)
     assert sorted(p.name for p in out.iterdir()) == [
         "street scene_mask.png",
@@ -102,3 +102,102 @@ def test_bad_option_values_are_rejected(tmp_path) -> None:
         with pytest.raises(SystemExit) as exit_info:
             main(["predict", "--sample", "camera", "-o", str(tmp_path), *bad])
         assert exit_info.value.code == 2
+
+
+def test_models_does_not_import_torch() -> None:
+    """`ccnet models` once built every network to count parameters: 7-9 s for ten rows."""
+    code = "import sys, ccnet_cli; ccnet_cli.main(['models']); print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_models_catalog_matches_the_zoo() -> None:
+    """The table `ccnet models` reads is what model/zoo.py builds (`ccnet models --refresh`
+    regenerates it)."""
+    import ccnet_cli
+
+    assert ccnet_cli._catalog() == ccnet_cli._zoo_rows(), "stale: run `ccnet models --refresh`"
+
+
+def test_models_marks_bundled_weights(capsys) -> None:
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["ccnet-tiny"]["bundled_weights"].endswith("ccnet-tiny.pt")
+    assert rows["ccnet3d-tiny"]["bundled_weights"].endswith("ccnet3d-tiny.pt")
+    assert rows["ccnet-r50"]["bundled_weights"] is None
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "synthetic" in table and "ccnet convert" in table and "ccnet train" in table
+
+
+class _ClosedPipe:
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_models_into_a_closed_pipe_is_quiet(monkeypatch, capsys) -> None:
+    """`ccnet models --json | head` once ended with `error: [Errno 32] Broken pipe`."""
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["models", "--json"]) == 0
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+def test_models_piped_into_head() -> None:
+    done = subprocess.run(
+        f"'{sys.executable}' -m ccnet_cli models --json | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.stdout == "[\n" and done.stderr == ""
+
+
+def test_version(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ccnet {version('ccnet-stack')}"
+
+
+@pytest.mark.parametrize(
+    "command", [["models"], ["predict"], ["serve"], ["export", "onnx"]], ids=" ".join
+)
+def test_every_flag_has_help(command) -> None:
+    parser = build_parser()
+    for name in command:
+        parser = parser._subparsers._group_actions[0].choices[name]
+    for action in parser._actions:
+        if action.option_strings and action.help != "==SUPPRESS==":
+            assert action.help, f"{' '.join(command)} {action.option_strings[0]} has no help"
+
+
+def test_make_serve_takes_a_port_and_shows_the_install_step() -> None:
+    """`make serve` had no port variable and installed silently for minutes."""
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "serve", "PORT=8123"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--port 8123" in done.stdout
+    assert "installing" in done.stdout and "--quiet" not in done.stdout

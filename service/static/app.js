@@ -14,6 +14,12 @@ const el = {
   modelSelect: $("model-select"),
   modelKind: $("model-kind"),
   modelInfo: $("model-info"),
+  modelCard: $("model-card"),
+  modelCardSummary: $("model-card-summary"),
+  modelCardClasses: $("model-card-classes"),
+  modelCardWeights: $("model-card-weights"),
+  modelCardConvert: $("model-card-convert"),
+  modelCardTrain: $("model-card-train"),
   opacity: $("opacity"),
   opacityValue: $("opacity-value"),
   apiKey: $("api-key"),
@@ -228,8 +234,10 @@ function describeModel() {
   const model = selectedModel();
   if (!model) {
     el.modelInfo.textContent = "";
+    el.modelCard.hidden = true;
     return;
   }
+  describeTraining(model);
   const n = (model.classes || []).length;
   const details = [
     model.backend ? `${model.backend}${model.device ? ` on ${model.device}` : ""}` : null,
@@ -237,6 +245,20 @@ function describeModel() {
     model.window ? `windows of ${model.window} frames` : null,
   ].filter(Boolean);
   el.modelInfo.textContent = details.join(" · ");
+}
+
+// What the model was trained on and which classes it knows (the demo models know synthetic
+// textures only), with the commands to real weights when it is a demo model.
+function describeTraining(model) {
+  const card = model.training;
+  el.modelCardSummary.textContent = card ? card.summary : "Training data not recorded.";
+  el.modelCardClasses.textContent = (model.classes || []).map((c) => c.name).join(", ");
+  const weights = card && card.real_weights;
+  el.modelCardWeights.hidden = !weights;
+  el.modelCardConvert.textContent = weights ? weights.convert : "";
+  el.modelCardTrain.textContent = weights ? weights.train : "";
+  el.modelCardWeights.open = Boolean(card && card.synthetic);
+  el.modelCard.hidden = false;
 }
 
 function selectedModel() {

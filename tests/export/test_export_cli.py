@@ -42,6 +42,7 @@ def test_onnx_arguments_reach_the_exporter(monkeypatch, tmp_path, capsys) -> Non
         "opset": 20,
         "check_sizes": [(64, 96), (80, 48)],
         "fp16_min_agreement": 0.995,
+        "output": "logits",
     }
     assert json.loads(capsys.readouterr().out)["dtype"] == "fp16"
 
@@ -145,3 +146,22 @@ def test_triton_onnx_without_sidecar_exits_2(onnx_2d, tmp_path, capsys) -> None:
     argv = ["export", "triton", str(lonely), "-o", str(tmp_path / "repo"), "--name", "seg"]
     assert main(argv) == 2
     assert "sidecar not found" in capsys.readouterr().err
+
+
+def test_fp16_export_of_the_bundled_checkpoint_passes_as_the_readme_shows(tmp_path, capsys):
+    """`ccnet export onnx service/assets/ccnet-tiny.pt --dtype fp16` once failed at 99.884%
+    argmax agreement: pixels whose fp32 logits tie within fp16's resolution flip either way.
+    The bar (99.9%) now holds on the pixels fp16 can decide, and both figures are reported."""
+    from service.core.config import BUNDLED_MODELS
+
+    out = tmp_path / "fp16"
+    assert main(["export", "onnx", str(BUNDLED_MODELS[0]), "-o", str(out), "--dtype", "fp16"]) == 0
+    captured = capsys.readouterr()
+    for case in json.loads(captured.out)["parity"]:
+        assert case["resolved_agreement"] >= 0.999
+        assert case["argmax_agreement"] < case["resolved_agreement"]  # both are reported
+        assert 0 < case["unresolved_fraction"] < 0.02
+    assert "over all pixels" in captured.err
+    sidecar = json.loads((out / "model.json").read_text())
+    criterion = sidecar["parity"]["criterion"]
+    assert criterion["min_argmax_agreement"] == 0.999 and criterion["resolution"] == 2.0**-10

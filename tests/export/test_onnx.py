@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper
 
 from export.onnx_functions import OP_DOMAIN, attention_function
-from export.sidecar import read_sidecar
+from export.runtime.sidecar import read_sidecar
 from model import Normalization, load_checkpoint
 from model.cca import criss_cross_attention
 from model.cca3d import criss_cross_attention_3d
@@ -233,3 +233,89 @@ def test_3d_export_has_dynamic_frames(onnx_3d, checkpoint_3d, frames: int) -> No
     assert logits.shape == (1, NUM_CLASSES, frames, 40, 32)
     expected = _torch_logits(checkpoint_3d, pixels)
     assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+# ---------------------------------------------------------------------------- --output mask
+
+
+def test_mask_output_is_the_argmax_of_the_logits(onnx_2d, checkpoint_2d, tmp_path) -> None:
+    """`--output mask`: uint8 class ids (N, H, W) equal to the argmax of the logits export."""
+    import skimage.data
+
+    from export.onnx import export_onnx
+    from export.runtime.sidecar import read_sidecar
+
+    from .conftest import CHECK_SIZES_2D
+
+    result = export_onnx(
+        checkpoint_2d, tmp_path, output="mask", check_sizes=CHECK_SIZES_2D, progress=None
+    )
+    sidecar = read_sidecar(result.model_path)
+    assert sidecar["output"] == "mask"
+    assert sidecar["outputs"] == [
+        {"name": "mask", "dtype": "uint8", "shape": ["batch", "height", "width"]}
+    ]
+    photo = np.asarray(skimage.data.chelsea())[:100, :131]  # not a multiple of 8
+    pixels = np.ascontiguousarray(photo.transpose(2, 0, 1)[None], dtype=np.float32)
+    (mask,) = _session(result.model_path.read_bytes()).run(None, {"image": pixels})
+    (logits,) = _session(onnx_2d.model_path.read_bytes()).run(None, {"image": pixels})
+    assert mask.dtype == np.uint8 and mask.shape == (1, 100, 131)
+    np.testing.assert_array_equal(mask, logits.argmax(axis=1))
+    assert logits.nbytes / mask.nbytes == 4 * logits.shape[1]
+
+
+def test_the_service_refuses_a_mask_export(tmp_path, checkpoint_2d) -> None:
+    from export.onnx import export_onnx
+    from service.segmenter import Segmenter
+
+    from .conftest import CHECK_SIZES_2D
+
+    result = export_onnx(
+        checkpoint_2d, tmp_path, output="mask", check_sizes=CHECK_SIZES_2D, progress=None
+    )
+    with pytest.raises(ValueError, match="--output mask"):
+        Segmenter.from_file(result.model_path)
+
+
+def test_triton_repository_has_a_labels_file(onnx_2d, tmp_path) -> None:
+    from export.triton import write_triton_repository
+
+    written = write_triton_repository(onnx_2d.model_path, tmp_path, "seg", progress=None)
+    labels = (written.model_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
+    assert labels == ["road", "car", "sky"]
+    assert 'label_filename: "labels.txt"' in written.config_path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- fp16 resolution
+
+
+def test_fp16_criterion_forgives_ties_only() -> None:
+    """Flips where the reference's top-2 margin is within fp16's resolution are forgiven;
+    a flip of a decided pixel counts, and a model of near-ties cannot pass."""
+    from export.parity import compare_logits, onnx_criterion
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 4, (1, 3, 50, 40)).astype(np.float32)
+    reference[0, 0, 0, 0] = 8.0  # the logit scale
+    criterion = onnx_criterion("fp16")
+    top = reference.argmax(axis=1)
+    tie = np.zeros_like(reference)
+    # make 0.4% of pixels near-ties (margin 1e-3 << 8 / 1024), and flip them in the candidate
+    tied = [(i // 40, i % 40) for i in range(1, 2000, 250)]
+    candidate = reference.copy()
+    for y, x in tied:
+        k = top[0, y, x]
+        other = (k + 1) % 3
+        reference[0, other, y, x] = reference[0, k, y, x] - 1e-3
+        candidate[0, other, y, x] = reference[0, k, y, x] + 1e-3
+    case = compare_logits(candidate + tie, reference, criterion, "synthetic")
+    assert case.argmax_agreement < 0.999 and case.resolved_agreement == 1.0 and case.passed
+    # flip three clearly decided pixels as well: now it fails
+    for y, x in ((10, 1), (20, 2), (30, 3)):
+        k = top[0, y, x]
+        candidate[0, k, y, x] = -100.0
+    assert not compare_logits(candidate, reference, criterion, "synthetic").passed
+    # all pixels near-ties: nothing fp16 could decide, so nothing passes
+    flat = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    flat[0, 0, 0, 0] = 1.0
+    assert not compare_logits(flat, flat, criterion, "ties").passed

@@ -14,13 +14,12 @@ from service.backends.loading import info_from_meta
 from service.backends.torch_backend import TorchBackend
 from service.pipeline import (
     STRIDE,
-    ImageSegmenter,
     class_statistics,
     labels_from_logits,
     prepare_clip,
     prepare_image,
-    segment_clip,
 )
+from service.segmenter import ClipSegmenter, Segmenter
 
 
 def _backend(name: str, num_classes: int = 4) -> TorchBackend:
@@ -37,9 +36,9 @@ def backend() -> TorchBackend:
 
 @pytest.mark.parametrize("size", [(37, 53), (1, 1), (300, 90)], ids=str)
 def test_mask_has_input_size(backend, size: tuple[int, int]) -> None:
-    segmenter = ImageSegmenter(backend, max_side=128)
+    segmenter = Segmenter(backend, max_side=128)
     rgb = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    result = segmenter.segment(rgb)
+    result = segmenter(rgb)
     assert result.mask.shape == size
     assert result.mask.dtype == np.uint8
     assert result.mask.max() < 4
@@ -79,7 +78,7 @@ def test_labels_ignore_padding_and_resize_back() -> None:
 def test_downscaled_inference_maps_back_with_nearest(backend) -> None:
     """Above max_side the network sees the image at reduced size; the mask is scaled back."""
     rgb = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    small = ImageSegmenter(backend, max_side=48).segment(rgb)
+    small = Segmenter(backend, max_side=48)(rgb)
     assert small.mask.shape == (64, 96)
     # nearest-neighbour upsampling by 2: every 2x2 block holds one class
     blocks = small.mask.reshape(32, 2, 48, 2)
@@ -94,11 +93,11 @@ def test_class_statistics_counts_and_fractions() -> None:
 
 
 def test_rejects_wrong_array(backend) -> None:
-    segmenter = ImageSegmenter(backend)
+    segmenter = Segmenter(backend)
     with pytest.raises(ValueError, match="uint8"):
-        segmenter.segment(np.zeros((4, 4, 3), dtype=np.float32))
+        segmenter(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="max_side"):
-        ImageSegmenter(backend, max_side=0)
+        Segmenter(backend, max_side=0)
     with pytest.raises(ValueError, match="frames"):
         prepare_clip(np.zeros((4, 4, 3), dtype=np.uint8), 64)
 
@@ -108,11 +107,11 @@ def test_clip_windows_cover_every_frame_and_match_one_window() -> None:
     overlapping windows and still gets a mask per frame at the input's size."""
     video = _backend("ccnet3d-tiny", num_classes=3)
     frames = np.random.default_rng(3).integers(0, 256, (4, 20, 28, 3), dtype=np.uint8)
-    single = segment_clip(video, frames, max_side=64)
+    single = ClipSegmenter(video, max_side=64).segment(frames)
     assert single.masks.shape == (4, 20, 28) and single.window == 4
     direct = video.infer(prepare_clip(frames, 64).pixels[None])[0]
     np.testing.assert_array_equal(single.masks, direct[:, :, :20, :28].argmax(0))
 
     longer = np.concatenate([frames, frames[::-1], frames[:3]])  # 11 frames
-    result = segment_clip(video, longer, max_side=64, overlap=2)
+    result = ClipSegmenter(video, max_side=64, overlap=2).segment(longer)
     assert result.masks.shape == (11, 20, 28) and result.overlap == 2

@@ -14,12 +14,12 @@ import skimage.data
 from PIL import Image
 
 import service.video
+from service.outputs import encode_mask_zip
 from service.video import (
     MEDIA_TYPES,
     VideoDecodeError,
     VideoTooLargeError,
     decode_video,
-    encode_mask_zip,
     encode_overlay_video,
 )
 

@@ -172,6 +172,12 @@ def test_demo_page(browser: object, server: str, tmp_path: Path) -> None:
     page.goto(server + "/")
     expect(page.locator("#model-select")).to_be_enabled()
     assert page.locator("#model-select").input_value() in image_models
+    # demo honesty: what the model was trained on, its classes, the way to real weights
+    expect(page.locator("#model-card")).to_be_visible()
+    expect(page.locator("#model-card-summary")).to_contain_text("synthetic textures")
+    expect(page.locator("#model-card-classes")).to_contain_text("stripes")
+    expect(page.locator("#model-card-convert")).to_contain_text("ccnet convert")
+    expect(page.locator("#model-card-train")).to_contain_text("ccnet train")
 
     # the drop zone is the first stop for the keyboard and opens the file picker
     page.keyboard.press("Tab")
