@@ -16,6 +16,9 @@
 #   CCNET_TORCH_INDEX  package index for torch; default https://download.pytorch.org/whl/cpu
 #                      (the CPU build). Empty: pip's own configuration decides (index,
 #                      find-links), e.g. a machine with a local CPU wheel.
+#   CCNET_FIND_LINKS   a folder of wheels pip may take packages from (--find-links), e.g. an
+#                      offline CPU torch wheel; ignored when it holds no wheel, so the images'
+#                      default (an empty docker/wheels) installs exactly as without it.
 #   CCNET_VENV_ARGS    more `python -m venv` flags (the GPU image: --system-site-packages, to see
 #                      the TensorRT Python bindings of its base image).
 #   CCNET_PIP_ARGS     more `pip install` flags (e.g. --no-compile).
@@ -35,6 +38,7 @@ venv=$1
 extras=${2:-serve,export}
 torch_index=${CCNET_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 pip_args=${CCNET_PIP_ARGS:-}
+find_links=${CCNET_FIND_LINKS:-}
 venv_args=${CCNET_VENV_ARGS:-}
 
 if [ ! -f pyproject.toml ]; then
@@ -46,6 +50,10 @@ if [ ! -x "$venv/bin/python" ]; then
     "${PYTHON:-python3}" -m venv $venv_args "$venv"
 fi
 python="$venv/bin/python"
+if [ -n "$find_links" ] && ls "$find_links"/*.whl >/dev/null 2>&1; then
+    echo "install.sh: wheels from ${find_links} first"
+    pip_args="$pip_args --find-links $find_links"
+fi
 
 # The torch requirement exactly as pyproject.toml pins it (tomllib: Python 3.11+).
 torch_requirement=$("$python" - <<'EOF'

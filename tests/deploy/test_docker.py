@@ -5,7 +5,8 @@
 * docker-compose.yml validates against the Compose specification and wires what it should.
 * Every file the README's "Deploying" section names exists, and its `ccnet` command lines parse.
 * The Kubernetes probes point at routes the app really serves.
-* The recipe itself (slow): the CPU image's build steps, replayed from the Dockerfile into a
+* The recipe itself (slow), only where no Docker engine runs (test_image.py builds and runs
+  the image where one does): the CPU image's build steps, replayed from the Dockerfile into a
   fresh virtual environment, then its ENTRYPOINT/CMD/ENV started and a photograph segmented.
 """
 
@@ -72,14 +73,42 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def _stages(path: Path) -> list[list[tuple[str, str]]]:
-    """Instructions per build stage, each list starting with its FROM."""
+    """Instructions per build stage, each list starting with its FROM (global ARGs apart)."""
     stages: list[list[tuple[str, str]]] = []
     for keyword, args in _instructions(path):
         if keyword == "FROM":
             stages.append([])
-        assert stages, f"{path.name}: an instruction before the first FROM"
+        if not stages:
+            assert keyword == "ARG", f"{path.name}: {keyword} before the first FROM"
+            continue
         stages[-1].append((keyword, args))
     return stages
+
+
+def _global_args(path: Path) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults (what FROM lines may use)."""
+    values: dict[str, str] = {}
+    for keyword, args in _instructions(path):
+        if keyword == "FROM":
+            break
+        key, _, value = args.partition("=")
+        values[key] = value.strip('"')
+    return values
+
+
+def _stage(path: Path, name: str) -> list[tuple[str, str]]:
+    """The stage `FROM ... AS name`."""
+    found = [s for s in _stages(path) if s[0][1].split()[-1] == name]
+    assert len(found) == 1, f"{path.name}: expected one stage named {name}"
+    return found[0]
+
+
+def _base(path: Path, stage: list[tuple[str, str]]) -> str:
+    """A stage's FROM image with the global ARG defaults filled in (a normal build's)."""
+    image = stage[0][1].split()[0]
+    for key, value in _global_args(path).items():
+        image = image.replace(f"${{{key}}}", value).replace(f"${key}", value)
+    return image
 
 
 def _assignments(stage: list[tuple[str, str]], keyword: str) -> dict[str, str]:
@@ -192,6 +221,11 @@ def _compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
 
 
+def _unset(value: str) -> str:
+    """A compose value as interpolated with its variables unset (`${VAR:-default}`)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
 def _k8s() -> list[dict]:
     return [doc for doc in yaml.safe_load_all(K8S.read_text(encoding="utf-8")) if doc]
 
@@ -248,15 +282,26 @@ def test_dockerfile_shape(kind: str) -> None:
     path = DOCKERFILES[kind]
     stages = _stages(path)
     assert len(stages) >= 2, f"{path.name}: multi-stage (builder, runtime) expected"
-    builder, runtime = stages[0], stages[-1]
+    builder, runtime = _stage(path, "builder"), stages[-1]
     for stage in stages:
-        image = stage[0][1].split()[0]
+        image = _base(path, stage)
+        if image == "scratch":
+            continue
         assert ":" in image.split("/")[-1] and "latest" not in image, f"{image}: pin a tag"
+    assert _base(path, builder) == _base(path, runtime), "one base for both stages"
     text = path.read_text(encoding="utf-8")
     assert not _PIN.search(text), f"{path.name}: versions belong in pyproject.toml only"
     assert "pip install" not in text, f"{path.name}: installs go through docker/install.sh"
     installs = [args for kw, args in builder if kw == "RUN" and "docker/install.sh" in args]
     assert any("--torch-only" in a for a in installs) and len(installs) == 2, installs
+    # the wheels stage (CCNET_WHEELS) is mounted into both install steps, never copied
+    wheels = _stage(path, "wheels")
+    assert wheels[0][1] == "scratch AS wheels" and _global_args(path)["CCNET_WHEELS"]
+    assert _copies(wheels) == [(["${CCNET_WHEELS}/"], "/")]
+    for install in installs:
+        assert "--mount=type=bind,from=wheels,target=/wheels" in install, install
+        assert "CCNET_FIND_LINKS=/wheels sh docker/install.sh" in install, install
+    assert not any("wheels" in args for kw, args in runtime), "wheels stay out of the image"
 
     env = _assignments(runtime, "ENV")
     assert env["CCNET_HOST"] == "0.0.0.0" and env["CCNET_PORT"] == "8000"
@@ -281,16 +326,46 @@ def test_dockerfile_shape(kind: str) -> None:
 
 
 def test_cpu_image_installs_cpu_torch() -> None:
-    builder = _stages(DOCKERFILES["cpu"])[0]
+    path = DOCKERFILES["cpu"]
+    builder = _stage(path, "builder")
     args = _assignments(builder, "ARG")
     assert args["CCNET_TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     assert args["CCNET_EXTRAS"] == "serve,export"
-    assert builder[0][1].startswith("python:3.11") and "@sha256:" in builder[0][1]
+    # BASE_IMAGE: both stages, default the pinned python:3.11-slim (tag and digest)
+    assert builder[0][1] == "${BASE_IMAGE} AS builder"
+    assert _stages(path)[-1][0][1] == "${BASE_IMAGE} AS runtime"
+    base = _global_args(path)["BASE_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base), base
+    # no `# syntax=` line: the engine's own frontend, nothing pulled besides the base
+    assert not path.read_text(encoding="utf-8").startswith("# syntax")
+
+
+def test_gpu_python_layer_is_the_cpu_recipe() -> None:
+    """The two images install Python the same way: the same COPYs and install RUNs in the
+    same order, differing only in the values of their ARGs (index, extras, venv flags)."""
+
+    def python_layer(path: Path) -> list[tuple[str, str]]:
+        builder = _stage(path, "builder")
+        start = next(i for i, (kw, a) in enumerate(builder) if a == "pyproject.toml ./")
+        steps = []
+        for keyword, args in builder[start:]:
+            if keyword == "RUN":
+                args = args.split(" && ")[0]  # the GPU image's import check after the install
+            steps.append((keyword, args if keyword != "ARG" else args.partition("=")[0]))
+        return steps
+
+    cpu, gpu = python_layer(DOCKERFILES["cpu"]), python_layer(DOCKERFILES["gpu"])
+    assert [s for s in cpu if s[0] != "ARG"] == [s for s in gpu if s[0] != "ARG"]
+    assert {a for k, a in cpu if k == "ARG"} <= {a for k, a in gpu if k == "ARG"}
+    assert (
+        _global_args(DOCKERFILES["gpu"])["CCNET_WHEELS"]
+        == (_global_args(DOCKERFILES["cpu"])["CCNET_WHEELS"])
+    )
 
 
 def test_gpu_image_builds_and_points_at_the_plugin() -> None:
     stages = _stages(DOCKERFILES["gpu"])
-    builder, runtime = stages[0], stages[-1]
+    builder, runtime = _stage(DOCKERFILES["gpu"], "builder"), stages[-1]
     assert re.fullmatch(r"nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3 AS \w+", builder[0][1])
     assert builder[0][1].split()[0] == runtime[0][1].split()[0], "one base for both stages"
     runs = " ".join(args for kw, args in builder if kw == "RUN")
@@ -372,11 +447,16 @@ def test_dockerignore_keeps_context_small_and_sources_in() -> None:
         relative = asset.relative_to(ROOT).as_posix()
         assert not _ignored(relative, rules), f"the demo model {relative} must reach the image"
     for kind, path in DOCKERFILES.items():
+        defaults = _global_args(path)
         for stage in _stages(path):
             for sources, _ in _copies(stage):
                 for source in sources:
+                    for key, value in defaults.items():
+                        source = source.replace(f"${{{key}}}", value)
                     assert (ROOT / source).exists(), f"{kind}: COPY {source} does not exist"
                     assert not _ignored(source, rules), f"{kind}: COPY {source} is ignored"
+    # wheels dropped into the default CCNET_WHEELS folder reach the (mounted) wheels stage
+    assert not _ignored("docker/wheels/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", rules)
 
 
 # ----------------------------------------------------------------------------- compose
@@ -399,7 +479,10 @@ def test_compose_structure() -> None:
     cpu = services["ccnet"]
     assert "profiles" not in cpu, "the CPU service is the default one"
     assert cpu["build"] == {"context": ".", "dockerfile": "docker/Dockerfile.cpu"}
-    assert "8000:8000" in cpu["ports"]
+    assert [_unset(p) for p in cpu["ports"]] == ["8000:8000"], cpu["ports"]
+    # the CPU limit fits a small host by default, and the threads follow it
+    cpus = cpu["deploy"]["resources"]["limits"]["cpus"]
+    assert cpus == cpu["environment"]["CCNET_THREADS"] == "${CCNET_CPUS:-2}", cpus
     assert cpu["restart"] == "unless-stopped"
     assert {"cpus", "memory"} <= set(cpu["deploy"]["resources"]["limits"])
     for name, service in services.items():
@@ -424,7 +507,7 @@ def test_compose_structure() -> None:
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in devices
     assert gpu["environment"]["CCNET_BACKEND"] == "tensorrt"
-    host_ports = [p.split(":")[0] for s in services.values() for p in s.get("ports", [])]
+    host_ports = [_unset(p).split(":")[0] for s in services.values() for p in s.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), f"host ports collide: {host_ports}"
 
     replicas = services["ccnet-replica"]
@@ -533,7 +616,7 @@ def _free_port() -> int:
 def _stage_context(dockerfile: Path, destination: Path) -> None:
     """What the builder stage's COPY instructions put in its WORKDIR, .dockerignore applied."""
     rules = _dockerignore()
-    for sources, dest in _copies(_stages(dockerfile)[0]):
+    for sources, dest in _copies(_stage(dockerfile, "builder")):
         for source in sources:
             origin = ROOT / source
             target = destination / dest
@@ -574,16 +657,18 @@ def _http(method: str, url: str, **kwargs: Any) -> httpx.Response:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_engine")
 def test_cpu_recipe_installs_and_serves(tmp_path: Path) -> None:
     """Replays docker/Dockerfile.cpu outside Docker: its install RUNs (same script, same
     arguments, same ARGs) into a fresh venv, then its ENTRYPOINT + CMD with its ENV; the
     service must come up ready with the bundled models and segment a real photograph.
+    Only where no Docker engine runs: test_image.py covers all of it (and more) with one.
 
     One deliberate difference: torch comes from this machine's pip configuration (a local CPU
     wheel) instead of download.pytorch.org, through install.sh's CCNET_TORCH_INDEX.
     """
     dockerfile = DOCKERFILES["cpu"]
-    builder, runtime = _stages(dockerfile)[0], _stages(dockerfile)[-1]
+    builder, runtime = _stage(dockerfile, "builder"), _stages(dockerfile)[-1]
     venv = tmp_path / "venv"
     source = tmp_path / "src"
     source.mkdir()
