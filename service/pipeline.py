@@ -71,11 +71,19 @@ def _scale_and_pad(rgb: np.ndarray, scaled: tuple[int, int]) -> np.ndarray:
     return rgb
 
 
-def prepare_image(rgb: np.ndarray, max_side: int) -> PreparedImage:
-    """Scale and pad one (H, W, 3) uint8 RGB image for inference."""
+def prepare_image(
+    rgb: np.ndarray, max_side: int, size: tuple[int, int] | None = None
+) -> PreparedImage:
+    """Scale and pad one (H, W, 3) uint8 RGB image for inference.
+
+    Args:
+        size: the (H, W) the result is mapped back to, when ``rgb`` was decoded smaller than
+            the file (a JPEG draft decode, ``codecs.decode_image(downscale_to=...)``); by
+            default ``rgb``'s own size.
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-    size = (int(rgb.shape[0]), int(rgb.shape[1]))
+    size = (int(rgb.shape[0]), int(rgb.shape[1])) if size is None else size
     scaled = scaled_size(*size, max_side)
     pixels = _scale_and_pad(rgb, scaled).transpose(2, 0, 1)
     return PreparedImage(np.ascontiguousarray(pixels, dtype=np.float32), size, scaled)

@@ -272,10 +272,17 @@ class Segmenter(_Base):
         info = info_from_meta(None, meta, Path(name))
         return cls(TorchBackend(info, model, meta, device="cpu"), max_side=max_side)
 
-    def prepare(self, image: ImageLike) -> tuple[np.ndarray, PreparedImage]:
-        """The RGB image and its network input (scaled, padded, float32 0..255)."""
+    def prepare(
+        self, image: ImageLike, *, size: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, PreparedImage]:
+        """The RGB image and its network input (scaled, padded, float32 0..255).
+
+        Args:
+            size: the (H, W) of the original image when ``image`` was decoded smaller (JPEG
+                draft mode); the mask is then at that size.
+        """
         rgb = as_rgb(image)
-        return rgb, prepare_image(rgb, self.max_side)
+        return rgb, prepare_image(rgb, self.max_side, size)
 
     def finish(
         self,

@@ -37,6 +37,7 @@ from ..core.config import Settings
 from ..core.deadline import Deadline, DeadlineExceededError
 from ..costs import (
     ClipHeader,
+    ImageHeader,
     clip_cost,
     clip_frames_bound,
     image_cost,
@@ -156,12 +157,13 @@ class AcceptedImage:
     """A decoded image, ready for its model's queue."""
 
     work: Work
-    rgb: np.ndarray  # (H, W, 3) uint8
+    rgb: np.ndarray  # (h, w, 3) uint8; smaller than ``size`` after a JPEG draft decode
+    size: tuple[int, int]  # the image's (H, W): the mask's size
 
 
-def _decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def _decode_image(data: bytes, max_pixels: int, downscale_to: int | None = None) -> np.ndarray:
     try:
-        return decode_image(data, max_pixels)
+        return decode_image(data, max_pixels, downscale_to=downscale_to)
     except ImageTooLargeError as error:
         raise ApiError(413, "image_too_large", str(error)) from None
     except ImageDecodeError as error:
@@ -197,9 +199,25 @@ async def accept_image(
         if not served.batcher.has_room():
             raise overloaded(settings, "the image queue is full")
         check_media_type(upload.media_type, IMAGE_MEDIA_TYPES, "an image")
-        rgb = await work.run(_decode_image, upload.data, settings.max_pixels)
+        # Only an overlay shows the input's own pixels at full size; every other output needs
+        # them at the inference size, so a large JPEG is decoded at a coarser DCT scale.
+        draft = settings.jpeg_draft and output != "overlay"
+        downscale_to = settings.max_side if draft else None
+        rgb = await work.run(_decode_image, upload.data, settings.max_pixels, downscale_to)
         del upload
-        yield AcceptedImage(work, rgb)
+        yield AcceptedImage(work, rgb, _full_size(rgb, header))
+
+
+def _full_size(rgb: np.ndarray, header: ImageHeader | None) -> tuple[int, int]:
+    """The decoded image's (H, W) at the file's full resolution: the header's size, its axes
+    swapped when EXIF orientation turned the image (a draft decode keeps the aspect ratio,
+    so the decoded image's orientation tells)."""
+    height, width = int(rgb.shape[0]), int(rgb.shape[1])
+    if header is None or (header.width, header.height) in ((width, height), (height, width)):
+        return height, width
+    if (height > width) != (header.height > header.width):
+        return header.width, header.height
+    return header.height, header.width
 
 
 # ---------------------------------------------------------------------------- clips

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     )
     max_side: int = Field(1024, ge=8, description="images are scaled down to this long side")
     max_video_side: int = Field(512, ge=8, description="clip frames are scaled down to this")
+    jpeg_draft: bool = Field(
+        True,
+        description="decode a JPEG larger than max_side at a coarser DCT scale for mask and "
+        "json outputs (several times faster and smaller; the mask may differ from a full "
+        "decode's on a few % of pixels); false decodes every image at full resolution",
+    )
     video_overlap: int | None = Field(
         None, ge=0, description="frames shared by neighbouring windows; default half a window"
     )

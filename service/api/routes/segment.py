@@ -64,7 +64,7 @@ async def segment_image(
     async with accept_image(request, served, output) as accepted:
         work, rgb = accepted.work, accepted.rgb
         segmenter = Segmenter(served.backend, max_side=work.settings.max_side)
-        _, prepared = await work.run(segmenter.prepare, rgb)
+        _, prepared = await work.run(lambda: segmenter.prepare(rgb, size=accepted.size))
         result = await work.queue(lambda deadline: served.batcher.submit(prepared.pixels, deadline))
         inference_ms = result.seconds * 1e3
 
