@@ -38,27 +38,6 @@ OUR_SOURCES = ("crissCrossAttention", "pluginLogging", "ccnetPluginLibrary", "pl
 CXX_FLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Werror"]
 
 
-def _nvcc() -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
-
-
-def _cuda_include() -> Path | None:
-    """A folder holding cuda_runtime_api.h (nvcc on PATH may be a wrapper script)."""
-    nvcc = _nvcc()
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    if nvcc is not None:
-        candidates.append(str(Path(nvcc).resolve().parent.parent))
-    candidates.append("/usr/local/cuda")
-    for home in filter(None, candidates):
-        include = Path(home) / "include"
-        if (include / "cuda_runtime_api.h").is_file():
-            return include
-    return None
-
-
 def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -74,7 +53,7 @@ def _our_warnings(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def nvcc() -> str:
-    path = _nvcc()
+    path = native_build.find_nvcc()
     if path is None:
         pytest.skip("nvcc not found: install the CUDA toolkit or put nvcc on PATH / set CUDA_HOME")
     return path
@@ -90,7 +69,7 @@ def cxx() -> str:
 
 @pytest.fixture(scope="module")
 def cuda_include() -> Path:
-    include = _cuda_include()
+    include = native_build.find_cuda_include()
     if include is None:
         pytest.skip("CUDA headers (cuda_runtime_api.h) not found: set CUDA_HOME")
     return include
