@@ -203,9 +203,9 @@ def test_the_deadline_covers_decoding(monkeypatch, small_rgb) -> None:
 
     real = acceptance.decode_image
 
-    def slow(*args):
+    def slow(*args, **kwargs):
         time.sleep(0.6)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(acceptance, "decode_image", slow)
     with make_client(request_timeout_s=0.3) as strict:
