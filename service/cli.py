@@ -169,7 +169,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     # only now, when the settings are known to be good: every worker reads them from here
     os.environ.update(overrides)
     uvicorn.run(
-        "service.main:create_app",
+        "service.cli:serving_app",  # the app, with a preparer for hot reloads
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -197,6 +197,37 @@ def _prepare_models(settings: Any) -> None:
             settings,
             progress=lambda line: print(f"ccnet serve: {line}", file=sys.stderr, flush=True),
         )
+
+
+def serving_app() -> Any:
+    """The uvicorn factory of ``ccnet serve``: the app, given ``_prepare_for_reload`` so a
+    checkpoint copied into the models folder later is exported (and its engine built) as
+    ``ccnet serve`` did for the first ones. The app never imports the export build side
+    itself; this command does, in each worker, only when a reload needs it."""
+    from service.main import create_app
+
+    return create_app(preparer=_prepare_for_reload)
+
+
+def _prepare_for_reload(path: Path, settings: Any) -> None:
+    """``export.prepare.prepare_served`` for one reloaded file, under a lock in the cache, so
+    the uvicorn workers (each with its own watcher) export and build once: the first holds
+    the lock while it works, the others then find the artifact cached."""
+    import fcntl
+
+    from export.prepare import prepare_served
+    from service.backends.loading import effective_backend
+
+    backend = effective_backend(path, settings)
+    if backend == "torch":
+        return
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.cache_dir / ".reload-prepare.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            prepare_served(path, backend, settings)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_models_load(settings: Any) -> None:

@@ -24,7 +24,8 @@ from .api.state import AppState, app_state
 from .core.config import Settings, get_settings
 from .core.logging import configure_logging
 from .core.memory import pin_malloc_thresholds
-from .registry import DuplicateModelError, ModelLoadError
+from .registry import DuplicateModelError, ModelLoadError, Preparer
+from .reload import ModelWatcher
 
 __all__ = ["create_app"]
 
@@ -54,12 +55,27 @@ def _load(state: AppState, stop_on_failure: bool) -> None:
             log.error("stopping: the service cannot serve without its models")
             os.kill(os.getpid(), signal.SIGTERM)
         return
+    directory = state.settings.model_dir
+    if directory is not None:  # hot reload, from the files just loaded (none loads twice)
+        state.watcher = ModelWatcher(
+            directory,
+            state.registry,
+            interval_s=state.settings.model_poll_s,
+            initial=state.registry.served_files(directory),
+            on_failure=state.registry.record_failure,
+        )
+        state.watcher.start()
     state.readiness.set_ready()
     state.metrics.ready.set(1)
     log.info("ready: %s", ", ".join(served.info.name for served in state.registry))
 
 
-def create_app(settings: Settings | None = None, *, background_load: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    background_load: bool = True,
+    preparer: Preparer | None = None,
+) -> FastAPI:
     """Build the app.
 
     Args:
@@ -67,11 +83,15 @@ def create_app(settings: Settings | None = None, *, background_load: bool = True
         background_load: load models in a thread after start-up (the server answers health
             checks meanwhile) and stop the process if they fail to load; False loads them
             during start-up and keeps the app up to report the failure (tests).
+        preparer: makes what the backend runs for a model file (its ONNX export, its
+            engine) before a hot reload loads it; ``ccnet serve`` passes one. Without it a
+            reloaded checkpoint only finds what was prepared already (the app itself never
+            imports the export build side).
     """
     settings = settings or get_settings()
     configure_logging(settings.log_format, settings.log_level)
     pin_malloc_thresholds()
-    state = AppState.create(settings)
+    state = AppState.create(settings, preparer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -20,10 +20,14 @@ __all__ = [
     "FrameStats",
     "Health",
     "ImageSegmentation",
+    "LoadFailureInfo",
     "ModelEntry",
     "ModelList",
+    "ModelVersionInfo",
     "PrecisionGate",
     "PrecisionInfo",
+    "ReloadReportInfo",
+    "ReloadResponse",
     "RunLengthEncoding",
     "TrainingCard",
 ]
@@ -107,6 +111,23 @@ class TrainingCard(BaseModel):
     )
 
 
+class ModelVersionInfo(BaseModel):
+    """Which file content a model serves (a hot reload changes it)."""
+
+    sha256: str = Field(description="SHA-256 of the model file's bytes")
+    loaded_at: str = Field(description="when this version started serving (UTC, ISO 8601)")
+    file: str = Field(description="the model file's name (no directory)", examples=["tiny.pt"])
+
+
+class LoadFailureInfo(BaseModel):
+    """A file in the models folder that failed to (re)load; what served before still does."""
+
+    file: str = Field(examples=["tiny.pt"])
+    sha256: str
+    error: str = Field(description="why, in one line (the log has the details)")
+    at: str = Field(description="when (UTC, ISO 8601)")
+
+
 class ModelEntry(BaseModel):
     """A loaded model."""
 
@@ -118,6 +139,7 @@ class ModelEntry(BaseModel):
     window: int | None = Field(None, description="frames per window (video models)")
     precision: PrecisionInfo | None = None
     training: TrainingCard | None = None
+    version: ModelVersionInfo | None = None
     classes: list[ClassInfo]
 
 
@@ -148,6 +170,26 @@ class ModelList(BaseModel):
     )
 
     models: list[ModelEntry]
+    failures: list[LoadFailureInfo] = Field(
+        default_factory=list, description="models-folder files that did not (re)load"
+    )
+
+
+class ReloadReportInfo(BaseModel):
+    """What one poll of the models folder did."""
+
+    loaded: list[str] = Field(description="models now serving a new version")
+    unloaded: list[str] = Field(description="models whose file was removed")
+    failed: list[str] = Field(description="files that failed to load (see failures)")
+    pending: list[str] = Field(description="files still being written")
+
+
+class ReloadResponse(BaseModel):
+    """POST /v1/models/reload: what the poll did, then the models now served."""
+
+    report: ReloadReportInfo
+    models: list[ModelEntry]
+    failures: list[LoadFailureInfo]
 
 
 class RunLengthEncoding(BaseModel):

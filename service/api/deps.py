@@ -10,6 +10,7 @@ is checked in the same order: API key, readiness, model lookup.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -78,14 +79,24 @@ def _lookup(registry: ModelRegistry, name: str | None, kind: type):
         raise ApiError(422, "unknown_model", str(error)) from None
 
 
-def get_image_model(registry: RegistryDep, model: ModelName = None) -> ServedImageModel:
-    """The image model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
-    return _lookup(registry, model, ServedImageModel)
+def get_image_model(registry: RegistryDep, model: ModelName = None) -> Iterator[ServedImageModel]:
+    """The image model named by ``?model=`` (or the default one); 422 ``unknown_model``.
+    Leased for the request: a hot reload swapping it meanwhile closes it only afterwards."""
+    served = registry.lease(lambda: _lookup(registry, model, ServedImageModel))
+    try:
+        yield served
+    finally:
+        served.release()
 
 
-def get_video_model(registry: RegistryDep, model: ModelName = None) -> ServedVideoModel:
-    """The clip model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
-    return _lookup(registry, model, ServedVideoModel)
+def get_video_model(registry: RegistryDep, model: ModelName = None) -> Iterator[ServedVideoModel]:
+    """The clip model named by ``?model=`` (or the default one); 422 ``unknown_model``;
+    leased for the request like ``get_image_model``."""
+    served = registry.lease(lambda: _lookup(registry, model, ServedVideoModel))
+    try:
+        yield served
+    finally:
+        served.release()
 
 
 ImageModelDep = Annotated[ServedImageModel, Depends(get_image_model)]

@@ -17,7 +17,8 @@ from ..admission import MemoryBudget
 from ..core.config import Settings
 from ..core.readiness import Readiness
 from ..metrics import ServiceMetrics
-from ..registry import ModelRegistry
+from ..registry import ModelRegistry, Preparer
+from ..reload import ModelWatcher
 
 __all__ = ["AppState", "app_state"]
 
@@ -42,6 +43,7 @@ class AppState:
     encoders: ThreadPoolExecutor = field(init=False)
     lifespans: int = 0  # test clients may enter the lifespan of a running app
     loader: threading.Thread | None = None
+    watcher: ModelWatcher | None = None  # hot reload of ``model_dir``, once the models loaded
 
     def __post_init__(self) -> None:
         self.budget = MemoryBudget(self.settings.memory_budget_mb * MiB)
@@ -54,13 +56,16 @@ class AppState:
         )
 
     @classmethod
-    def create(cls, settings: Settings) -> AppState:
+    def create(cls, settings: Settings, preparer: Preparer | None = None) -> AppState:
         metrics = ServiceMetrics()
-        return cls(settings, metrics, ModelRegistry(settings, metrics))
+        return cls(settings, metrics, ModelRegistry(settings, metrics, preparer))
 
     def close(self) -> None:
-        """Release the models (the decoding threads stay: idle, they cost nothing, and a
-        test client may start the app again)."""
+        """Stop watching the models folder and release the models (the decoding threads
+        stay: idle, they cost nothing, and a test client may start the app again)."""
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         self.registry.close()
 
 

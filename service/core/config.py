@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="also serve every .pt/.onnx/.engine file in this directory"
     )
+    model_poll_s: float = Field(
+        10.0,
+        ge=0,
+        description="seconds between checks of model_dir for new, replaced or removed models "
+        "(hot reload); 0 = only on POST /v1/models/reload",
+    )
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fp16: bool = Field(True, description="half precision on CUDA (torch backend)")

@@ -258,16 +258,17 @@ def test_sigterm_finishes_accepted_requests_then_exits_0(container: Container) -
     host, port = container.url.removeprefix("http://").rsplit(":", 1)
     _, png = _photo()
     clip = _clip()
-    uploads = [("/v1/segment", _multipart("image", "astronaut.png", png, "image/png"))] * 8
-    uploads.append(
-        ("/v1/segment/video", _multipart("video", clip.name, clip.read_bytes(), "image/gif"))
-    )
+    # enough work that some of it is still running when the signal comes (two clips take
+    # seconds on a CPU; the images queue behind each other), within the queues' limits
+    video = ("/v1/segment/video", _multipart("video", clip.name, clip.read_bytes(), "image/gif"))
+    uploads = [video, video]
+    uploads += [("/v1/segment", _multipart("image", "astronaut.png", png, "image/png"))] * 12
     connections = []
     for path, (body, media_type) in uploads:
         connection = http.client.HTTPConnection(host, int(port), timeout=120)
         connection.request("POST", path, body=body, headers={"Content-Type": media_type})
         connections.append((path, connection))
-    time.sleep(0.5)  # every request read by the server
+    time.sleep(0.2)  # every request read by the server (loopback; bodies of at most 1 MB)
     answered_before = sum(
         bool(select.select([c.sock], [], [], 0)[0]) for _, c in connections if c.sock
     )

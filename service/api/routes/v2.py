@@ -24,7 +24,7 @@ import asyncio
 import base64
 import binascii
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -134,8 +134,13 @@ def _served(registry: ModelRegistry, name: str, version: str | None) -> ServedIm
 
 def _model(
     registry: RegistryDep, model_name: ModelPath, version: str | None = None
-) -> ServedImageModel:
-    return _served(registry, model_name, version)
+) -> Iterator[ServedImageModel]:
+    # leased for the request, so a hot reload closes a replaced model only after it
+    served = registry.lease(lambda: _served(registry, model_name, version))
+    try:
+        yield served
+    finally:
+        served.release()
 
 
 ModelDep = Annotated[ServedImageModel, Depends(_model)]
