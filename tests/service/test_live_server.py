@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,58 +20,22 @@ import pytest
 from PIL import Image
 
 from tests.service.conftest import png_bytes
+from tests.service.live import free_port, serve
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
-        **os.environ,
         "CCNET_LOG_FORMAT": "json",
         "CCNET_MAX_BATCH_WAIT_MS": "20",
         "CCNET_HEADER_TIMEOUT_S": "1",
     }
-    env.pop("CCNET_API_KEY", None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet_cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ccnet serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx2.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ccnet serve not ready in 120 s:\n{log.read_text()}")
-            time.sleep(0.3)
+    with serve(log, env, drop=("CCNET_API_KEY",)) as base:
         yield base, log
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
@@ -148,7 +111,7 @@ def test_a_model_that_fails_to_load_stops_the_server(tmp_path) -> None:
             "ccnet_cli",
             "serve",
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--model",
             str(broken),
         ],

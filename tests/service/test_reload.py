@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +19,7 @@ from service.metrics import ServiceMetrics
 from service.registry import ModelLoadError, ModelRegistry, ServedImageModel
 from service.reload import LoadFailure, ModelVersion, ModelWatcher, content_hash
 from tests.service.conftest import png_bytes
+from tests.service.live import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "service" / "assets" / "ccnet-tiny.pt"
@@ -218,21 +215,13 @@ def test_registry_swap_waits_for_requests_in_flight(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ a live server
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(TINY, models / "tiny.pt")
-    port = _free_port()
     log = tmp_path / "server.log"
     env = {
-        **os.environ,
         "CCNET_MODEL_DIR": str(models),
         "CCNET_MODEL_POLL_S": "0.3",
         "CCNET_PRECISION": "fp32",
@@ -240,36 +229,8 @@ def live(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         "CCNET_CACHE_DIR": str(tmp_path / "cache"),
         "CCNET_API_KEY": "reload-key",
     }
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet_cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 40
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ccnet serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx2.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ccnet serve not ready in 40 s:\n{log.read_text()}")
-            time.sleep(0.2)
+    with serve(log, env, ready_s=40, stop_s=20) as base:
         yield base, models, log
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _listing(base: str) -> dict:
