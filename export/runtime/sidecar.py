@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,18 +130,9 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
         ValueError: not a sidecar of this project, an unsupported version, a missing field,
             or a model file that is not the one the sidecar describes.
     """
-    given = Path(path)
-    file = given if given.suffix == ".json" else sidecar_path(given)
-    data = _load_json(file, "export sidecar", "ccnet export onnx")
-    if data.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{file}: not a {SIDECAR_FORMAT} sidecar")
-    if data.get("version") != SIDECAR_VERSION:
-        raise ValueError(
-            f"{file}: sidecar version {data.get('version')!r}; this code reads {SIDECAR_VERSION}"
-        )
-    missing = [key for key in _REQUIRED if key not in data]
-    if missing:
-        raise ValueError(f"{file}: missing fields {', '.join(missing)}")
+    file, data = _load_sidecar(
+        path, "export sidecar", "ccnet export onnx", SIDECAR_FORMAT, SIDECAR_VERSION, _REQUIRED
+    )
     if verify:
         model_file = file.parent / data["model_file"]
         if not model_file.is_file():
@@ -151,6 +143,31 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
                 "export again"
             )
     return data
+
+
+def _load_sidecar(
+    path: str | os.PathLike[str],
+    kind: str,
+    written_by: str,
+    format_name: str,
+    version: int,
+    required: Iterable[str],
+) -> tuple[Path, dict[str, Any]]:
+    """The sidecar of ``path`` (itself when it is the ``.json``) and its fields, checked for
+    format, version and the ``required`` keys; what the two readers share."""
+    given = Path(path)
+    file = given if given.suffix == ".json" else sidecar_path(given)
+    data = _load_json(file, kind, written_by)
+    if data.get("format") != format_name:
+        raise ValueError(f"{file}: not a {format_name} sidecar")
+    if data.get("version") != version:
+        raise ValueError(
+            f"{file}: {kind} version {data.get('version')!r}; this code reads {version}"
+        )
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(f"{file}: missing fields {', '.join(missing)}")
+    return file, data
 
 
 def _load_json(file: Path, kind: str, written_by: str) -> dict[str, Any]:
@@ -176,19 +193,10 @@ def read_engine_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: not an engine sidecar of this project, an unsupported version, a missing
             or malformed field, or an engine file that is not the one it describes.
     """
-    given = Path(path)
-    file = given if given.suffix == ".json" else sidecar_path(given)
-    data = _load_json(file, "engine sidecar", "ccnet export tensorrt")
-    if data.get("format") != ENGINE_FORMAT:
-        raise ValueError(f"{file}: not a {ENGINE_FORMAT} sidecar")
-    if data.get("version") != ENGINE_VERSION:
-        raise ValueError(
-            f"{file}: engine sidecar version {data.get('version')!r}; this code reads "
-            f"{ENGINE_VERSION}"
-        )
-    missing = [key for key in _ENGINE_REQUIRED if key not in data]
-    if missing:
-        raise ValueError(f"{file}: missing fields {', '.join(missing)}")
+    file, data = _load_sidecar(
+        path, "engine sidecar", "ccnet export tensorrt", ENGINE_FORMAT, ENGINE_VERSION,
+        _ENGINE_REQUIRED,
+    )  # fmt: skip
     inputs = data["inputs"]
     if not (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)):
         raise ValueError(f"{file}: 'inputs' must list the engine's input tensors")
