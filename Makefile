@@ -32,6 +32,7 @@ test: setup lint ## lint, then the whole test suite
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff check --fix .

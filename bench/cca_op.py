@@ -28,9 +28,9 @@ from bench._measure import (
     pin_malloc_mmap_threshold,
     time_interleaved,
 )
-from model.cca import criss_cross_attention
-from model.cca3d import criss_cross_attention_3d
-from model.config import cca_implementation
+from ccnet.model.cca import criss_cross_attention
+from ccnet.model.cca3d import criss_cross_attention_3d
+from ccnet.model.config import cca_implementation
 
 Shape = tuple[int, ...]  # (B, Cq, C, *spatial)
 

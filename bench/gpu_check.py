@@ -41,8 +41,9 @@ from torch import Tensor
 
 from bench._measure import format_table, time_interleaved
 from bench.cca_op import einsum_cca, einsum_cca_3d
-from export import cuda_ext
-from model.axial import axial_attention_fast, axial_attention_reference
+from ccnet.export import cuda_ext
+from ccnet.inference.demo import BUNDLED_MODELS
+from ccnet.model.axial import axial_attention_fast, axial_attention_reference
 
 Shape = tuple[int, ...]  # (B, Cq, C, *spatial)
 Op = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -68,7 +69,7 @@ TF32_TOLERANCE = 2e-3  # opt-in TF32 aggregation of fp32: values and probabiliti
 DTYPES = (torch.float32, torch.float16)
 SPEEDUP_TARGET = 3.0  # fp16 kernel vs the einsum formulation, 2D timing shape
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "service" / "assets" / "ccnet-tiny.pt"
+DEMO = BUNDLED_MODELS[0]
 
 
 def summary(check: str, passed: bool | None, figure: str) -> None:
@@ -240,7 +241,7 @@ def dry_run() -> int:
 
 
 def _ccnet(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ccnet_cli", *args]
+    command = [sys.executable, "-m", "ccnet", *args]
     print("$ ccnet " + " ".join(args), flush=True)
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
@@ -327,7 +328,7 @@ def check_serve(plugin: Path, work: Path, timeout: float = 900) -> bool:
     port = _port()
     env = {**os.environ, "CCNET_TRT_PLUGIN": str(plugin)}
     command = [
-        sys.executable, "-m", "ccnet_cli", "serve", "--model", str(DEMO), "--backend",
+        sys.executable, "-m", "ccnet", "serve", "--model", str(DEMO), "--backend",
         "tensorrt", "--host", "127.0.0.1", "--port", str(port), "--cache-dir",
         str(work / "serve-cache"), "--log-format", "text",
     ]  # fmt: skip

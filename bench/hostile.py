@@ -86,7 +86,7 @@ def serve(env: dict[str, str], log: Path) -> Iterator[Server]:
     environment.pop("CCNET_API_KEY", None)
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet_cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ccnet", "serve", "--port", str(port)],
             cwd=ROOT,
             env=environment,
             stdout=sink,
@@ -299,7 +299,7 @@ def attack_overlay(server: Server, copies: int = 3) -> tuple[str, str, str]:
 
 
 def _clip(frames: int, side: int) -> bytes:
-    from service.video import encode_overlay_video
+    from ccnet.inference.video import encode_overlay_video
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)

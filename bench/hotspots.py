@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from bench._measure import format_table, time_interleaved
-from service.codecs import decode_image
-from service.rle import encode_rle, encode_rle_reference, has_pycocotools
+from ccnet.inference.codecs import decode_image
+from ccnet.inference.rle import encode_rle, encode_rle_reference, has_pycocotools
 
 
 def _resized(rgb: np.ndarray, side: int) -> np.ndarray:

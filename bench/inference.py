@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from bench._measure import format_table, time_interleaved
+from ccnet.inference.demo import BUNDLED_MODELS
 
 CASES = ["ccnet-tiny@256", "ccnet-tiny@512", "ccnet-r18@512", "ccnet-r50@512"]
 QUICK_CASES = ["ccnet-tiny@128"]
-_DEMO = Path(__file__).resolve().parents[1] / "service" / "assets" / "ccnet-tiny.pt"
+_DEMO = BUNDLED_MODELS[0]
 
 
 def gemm_peaks(threads: int, size: int = 2048, rounds: int = 5) -> dict[str, float]:
@@ -61,8 +62,8 @@ def _checkpoint(name: str, workdir: Path) -> Path:
     """The demo checkpoint for ccnet-tiny; an untrained 19-class one for the others."""
     if name == "ccnet-tiny":
         return _DEMO
-    from model import build_model, save_checkpoint
-    from model.checkpoint import complete_meta
+    from ccnet.model import build_model, save_checkpoint
+    from ccnet.model.checkpoint import complete_meta
 
     path = workdir / f"{name}.pt"
     if not path.is_file():
@@ -81,7 +82,7 @@ def _photo(side: int) -> np.ndarray:
 
 
 def _torch_paths(checkpoint: Path) -> tuple[dict[str, Callable], torch.nn.Module, object]:
-    from model import Normalization, load_checkpoint
+    from ccnet.model import Normalization, load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     model.eval()
@@ -112,8 +113,8 @@ def _torch_paths(checkpoint: Path) -> tuple[dict[str, Callable], torch.nn.Module
 def _ort_paths(checkpoint: Path, workdir: Path, threads: int) -> dict[str, Callable]:
     import onnxruntime
 
-    from export.onnx import export_onnx
-    from service.backends.quantize import calibration_inputs, quantize_int8
+    from ccnet.export.onnx import export_onnx
+    from ccnet.inference.backends.quantize import calibration_inputs, quantize_int8
 
     target = workdir / f"onnx-{checkpoint.stem}"
     onnx_path = target / "model.onnx"
@@ -121,7 +122,7 @@ def _ort_paths(checkpoint: Path, workdir: Path, threads: int) -> dict[str, Calla
         export_onnx(checkpoint, target, progress=None)
     int8_path = workdir / f"int8-{checkpoint.stem}" / "model.onnx"
     if not int8_path.is_file():
-        from model import load_checkpoint
+        from ccnet.model import load_checkpoint
 
         generator = load_checkpoint(checkpoint)[1].get("provenance", {}).get("data_generator")
         quantize_int8(onnx_path, int8_path, calibration_inputs("image", generator))
@@ -150,7 +151,7 @@ def _flops(model: torch.nn.Module, norm: object, batch: np.ndarray) -> float:
 
 def _gate(paths: dict[str, Callable]) -> dict[str, str]:
     """The service's parity gate on the demo model (photographs + its own val scenes)."""
-    from service.backends.precision import gate_data, measure_gate
+    from ccnet.inference.precision.gate import gate_data, measure_gate
 
     data = gate_data("image", 6, {"name": "ccnet synth", "seed": 0, "size": 128})
     reference = paths["torch eager fp32"]
@@ -219,7 +220,7 @@ def bench_case(case: str, workdir: Path, threads: int, rounds: int) -> str:
 
 
 def _cpu_line() -> str:
-    from service.backends.capabilities import detect_cpu
+    from ccnet.inference.precision.capabilities import detect_cpu
 
     cpu = detect_cpu()
     flags = ", ".join(cpu.flags) or "none of AMX/AVX512-BF16/VNNI"

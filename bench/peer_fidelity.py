@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from bench._measure import format_table
-from model import convert_checkpoint
-from model.ccnet import CCNet
+from ccnet.model import convert_checkpoint
+from ccnet.model.ccnet import CCNet
 
 # The restatement of the peers is the tests' own (one copy of it); run from the project root.
 from tests.model.peers import (

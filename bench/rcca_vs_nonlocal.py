@@ -32,7 +32,7 @@ from bench._measure import (
     pin_malloc_mmap_threshold,
     time_interleaved,
 )
-from model.cca import CrissCrossAttention
+from ccnet.model.cca import CrissCrossAttention
 
 
 class RecurrentCrissCross(nn.Module):

@@ -61,13 +61,14 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from bench._measure import format_table
-from service.backends import load_backend
-from service.codecs import ImageDecodeError, decode_image, encode_mask_png
-from service.core.config import Settings
-from service.pipeline import labels_from_logits, prepare_image
+from ccnet.inference.backends import load_backend
+from ccnet.inference.codecs import ImageDecodeError, decode_image, encode_mask_png
+from ccnet.inference.demo import BUNDLED_MODELS
+from ccnet.inference.pipeline import labels_from_logits, prepare_image
+from ccnet.service.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "service" / "assets" / "ccnet-tiny.pt"
+MODEL = BUNDLED_MODELS[0]
 MODEL_NAME = "ccnet-tiny"
 SERVERS = (
     "torch",
@@ -113,7 +114,7 @@ def baseline_app(threads: int, device: str) -> FastAPI:
         torch.set_num_threads(threads)
     # the naive server: fp32, every core for each forward (as the service served before)
     settings = Settings(backend="torch", device=device, threads=threads, precision="fp32")
-    backend = load_backend(None, MODEL, settings)
+    backend = load_backend(None, MODEL, settings.load_options())
     backend.infer(np.full((1, 3, 64, 64), 127.0, dtype=np.float32))  # the service warms up too
     forward = {"seconds": 0.0, "count": 0}
     lock = threading.Lock()
@@ -288,7 +289,7 @@ def make_server(name: str, args: argparse.Namespace) -> Server:
         return Server(name, LABELS[name], argv, env, port)
     backend = "onnxruntime" if name.startswith("onnxruntime") else "torch"
     argv = [
-        sys.executable, "-m", "ccnet_cli", "serve", "--backend", backend,
+        sys.executable, "-m", "ccnet", "serve", "--backend", backend,
         "--model", str(MODEL), "--device", args.device, "--port", str(port),
         "--max-batch-size", str(args.max_batch_size),
         "--max-batch-wait-ms", str(args.max_batch_wait_ms),
@@ -792,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
     text, raw = run(args)
     print(text)
     if args.json is not None:
-        from model.files import write_text_atomic
+        from ccnet.model.files import write_text_atomic
 
         write_text_atomic(args.json, json.dumps(raw, indent=2) + "\n")
 

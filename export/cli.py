@@ -41,7 +41,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    from export.engine import parse_shape  # light: no TensorRT import
+    from ccnet.export.engine import parse_shape  # light: no TensorRT import
 
     try:
         return parse_shape(text)
@@ -71,7 +71,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:
-    from export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # module constants only
+    from ccnet.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET  # module constants only
 
     parser.add_argument(
         "--dtype",
@@ -131,7 +131,7 @@ def _register_onnx(targets: argparse._SubParsersAction) -> None:
 
 
 def _cmd_onnx(args: argparse.Namespace) -> None:
-    from export.onnx import export_onnx
+    from ccnet.export.onnx import export_onnx
 
     result = export_onnx(
         args.checkpoint,
@@ -207,7 +207,7 @@ def _register_tensorrt(targets: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tensorrt(args: argparse.Namespace) -> None:
-    from export.engine import ShapeProfile, build_engine
+    from ccnet.export.engine import ShapeProfile, build_engine
 
     profile = ShapeProfile(args.min, args.opt, args.max)  # argument errors before the TRT check
     result = build_engine(
@@ -231,7 +231,7 @@ def _cmd_tensorrt(args: argparse.Namespace) -> None:
 
 
 def _register_triton(targets: argparse._SubParsersAction) -> None:
-    from export.triton import DEFAULT_MAX_BATCH
+    from ccnet.export.triton import DEFAULT_MAX_BATCH
 
     triton = targets.add_parser(
         "triton",
@@ -260,7 +260,7 @@ def _register_triton(targets: argparse._SubParsersAction) -> None:
 
 
 def _cmd_triton(args: argparse.Namespace) -> None:
-    from export.triton import write_triton_repository
+    from ccnet.export.triton import write_triton_repository
 
     result = write_triton_repository(
         args.source,

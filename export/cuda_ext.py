@@ -13,7 +13,7 @@ The ops are forward-only (inference): fp32 and fp16, 2D ``(B, C, H, W)`` and 3D
 ``model.cca3d.criss_cross_attention_3d`` (no gamma, no residual).
 
 Usage:
-    from export.cuda_ext import enable_cuda_kernels, has_cuda_kernels
+    from ccnet.export.cuda_ext import enable_cuda_kernels, has_cuda_kernels
     if has_cuda_kernels():
         enable_cuda_kernels()   # model.config routes CUDA tensors to these kernels
 """
@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from model.axial import check_axial_inputs
+from ccnet.model.axial import check_axial_inputs
 
 __all__ = [
     "AGGREGATIONS",
@@ -209,6 +209,6 @@ def enable_cuda_kernels() -> None:
             registered then, so the model keeps its PyTorch paths).
     """
     load_extension()
-    from model.config import register_cuda_implementation
+    from ccnet.model.config import register_cuda_implementation
 
     register_cuda_implementation(criss_cross_attention_cuda, criss_cross_attention_3d_cuda)

@@ -37,12 +37,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from export._progress import Progress, silent, to_stderr
+from ccnet.export._progress import Progress, silent, to_stderr
 
 # The runtime side owns these; they stay importable from here for the export commands.
-from export.runtime.availability import require_tensorrt, tensorrt_unavailable_reason
-from export.runtime.plugins import DEFAULT_PLUGIN, PLUGIN_ENV, load_plugin, resolve_plugin
-from export.runtime.sidecar import ENGINE_FORMAT, ENGINE_VERSION
+from ccnet.export.runtime.availability import require_tensorrt, tensorrt_unavailable_reason
+from ccnet.export.runtime.plugins import DEFAULT_PLUGIN, PLUGIN_ENV, load_plugin, resolve_plugin
+from ccnet.export.runtime.sidecar import ENGINE_FORMAT, ENGINE_VERSION
 
 __all__ = [
     "DEFAULT_PLUGIN",
@@ -137,7 +137,7 @@ def _model_bytes(onnx_path: Path, strip_functions: bool) -> bytes:
     """The ONNX to parse; without the attention functions when the plugin must be used."""
     import onnx
 
-    from export.onnx_functions import detach_functions
+    from ccnet.export.onnx_functions import detach_functions
 
     model = onnx.load(str(onnx_path))
     if strip_functions:
@@ -199,14 +199,14 @@ def _build_and_check(
     import numpy as np
     import torch
 
-    from export.parity import (
+    from ccnet.export.parity import (
         Criterion,
         ParityReport,
         compare_logits,
         onnxruntime_session,
         sample_batch,
     )
-    from export.runtime.runner import EngineRunner
+    from ccnet.export.runtime.runner import EngineRunner
 
     logger = trt.Logger(trt.Logger.WARNING)
     spec = meta["inputs"][0]
@@ -285,8 +285,8 @@ def build_engine(
         OSError: a missing input or an unwritable output.
     """
     trt = require_tensorrt()  # before anything else
-    from export.runtime.sidecar import file_sha256, read_sidecar, sidecar_path
-    from model.files import ensure_writable_dir, write_files_atomic
+    from ccnet.export.runtime.sidecar import read_sidecar, sidecar_path
+    from ccnet.model.files import ensure_writable_dir, file_sha256, write_files_atomic
 
     say = progress or silent
     source = Path(onnx_path)

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from export.onnx_functions import PLUGIN_NAMESPACE, PLUGIN_VERSION, attention_op_schema
-from model import CCNet, CCNet3D, Normalization
-from model.axial import attention_block_forward, axial_attention_reference
-from model.cca import CrissCrossAttention
-from model.cca3d import CrissCrossAttention3d
+from ccnet.export.onnx_functions import PLUGIN_NAMESPACE, PLUGIN_VERSION, attention_op_schema
+from ccnet.model import CCNet, CCNet3D, Normalization
+from ccnet.model.axial import attention_block_forward, axial_attention_reference
+from ccnet.model.cca import CrissCrossAttention
+from ccnet.model.cca3d import CrissCrossAttention3d
 
 if TYPE_CHECKING:
     import onnx

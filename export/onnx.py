@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export._progress import Progress, silent, to_stderr
+from ccnet.export._progress import Progress, silent, to_stderr
 
 if TYPE_CHECKING:
     import onnx
 
-    from model import CCNet
+    from ccnet.model import CCNet
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -89,7 +89,7 @@ def _validate(
     fp16_min_agreement: float | None,
     output: str = "logits",
 ) -> None:
-    from export.graph_capture import DTYPES
+    from ccnet.export.graph_capture import DTYPES
 
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
@@ -120,7 +120,7 @@ def _check_graph(model: onnx.ModelProto) -> None:
 
 def _group_attention(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """The attention nodes by op type, in a stable order."""
-    from export.onnx_functions import attention_nodes
+    from ccnet.export.onnx_functions import attention_nodes
 
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in attention_nodes(model):
@@ -158,8 +158,8 @@ def _build_sidecar(
     import onnxscript
     import torch
 
-    from export.onnx_functions import OP_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
-    from export.runtime.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, io_specs
+    from ccnet.export.onnx_functions import OP_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from ccnet.export.runtime.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, io_specs
 
     config = meta["config"]
     video = bool(config.get("video"))
@@ -257,7 +257,7 @@ def _check_mask_graph(
     every check batch, exactly."""
     import numpy as np
 
-    from export.parity import CLIP_FRAMES, ParityError, onnxruntime_session, sample_batch
+    from ccnet.export.parity import CLIP_FRAMES, ParityError, onnxruntime_session, sample_batch
 
     with_mask, with_logits = onnxruntime_session(masked), onnxruntime_session(logits)
     name = with_logits.get_inputs()[0].name
@@ -295,12 +295,12 @@ def export_onnx_model(
     import numpy as np
     import torch
 
-    from export.graph_capture import DTYPES, ExportableModel, capture_onnx
-    from export.onnx_functions import attach_functions
-    from export.parity import DEFAULT_CHECK_SIZES, check_onnx, onnx_criterion
-    from export.runtime.sidecar import sidecar_path
-    from model import Normalization
-    from model.files import ensure_writable_dir, write_files_atomic
+    from ccnet.export.graph_capture import DTYPES, ExportableModel, capture_onnx
+    from ccnet.export.onnx_functions import attach_functions
+    from ccnet.export.parity import DEFAULT_CHECK_SIZES, check_onnx, onnx_criterion
+    from ccnet.export.runtime.sidecar import sidecar_path
+    from ccnet.model import Normalization
+    from ccnet.model.files import ensure_writable_dir, write_files_atomic
 
     sizes = list(check_sizes or DEFAULT_CHECK_SIZES)
     _validate(dtype, opset, sizes, fp16_min_agreement, output)
@@ -399,8 +399,8 @@ def export_onnx(
             ``export.parity.ParityError`` when ONNX Runtime and PyTorch disagree (then nothing
             was written).
     """
-    from export.parity import DEFAULT_CHECK_SIZES
-    from model import load_checkpoint
+    from ccnet.export.parity import DEFAULT_CHECK_SIZES
+    from ccnet.model import load_checkpoint
 
     sizes = list(check_sizes or DEFAULT_CHECK_SIZES)
     _validate(dtype, opset, sizes, fp16_min_agreement, output)  # before the checkpoint is read

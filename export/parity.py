@@ -23,14 +23,14 @@ Criteria (module constants, read at call time so tests can tighten them):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export._progress import Progress
+from ccnet.export._progress import Progress
+from ccnet.model.samples import sample_photograph
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -224,18 +224,6 @@ def compare_logits(
 # ---------------------------------------------------------------------------- inputs
 
 
-@functools.cache
-def _photograph(name: str) -> np.ndarray:
-    try:
-        import skimage.data
-    except ImportError:
-        raise ValueError(
-            "the parity check runs the model on scikit-image's sample photographs: "
-            "pip install -e '.[samples]'"
-        ) from None
-    return np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
-
-
 def _resized(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
@@ -273,7 +261,7 @@ def sample_batch(
     noise_shape = (height, width, 3) if frames is None else (frames, height, width, 3)
     items = [rng.integers(0, 256, noise_shape, dtype=np.uint8)]
     for name in PHOTOGRAPHS:
-        photo = _photograph(name)
+        photo = sample_photograph(name)
         items.append(
             _resized(photo, height, width) if frames is None else _pan(photo, frames, height, width)
         )

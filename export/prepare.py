@@ -18,22 +18,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from export._progress import Progress, silent
-from export.runtime.artifacts import (
+from ccnet.export._progress import Progress, silent
+from ccnet.export.runtime.artifacts import (
     SERVE_EXPORT,
     ServeLimits,
     engine_artifact,
     engine_key,
     onnx_artifact,
 )
-from export.runtime.availability import require_tensorrt
-from export.runtime.plugins import load_plugin, resolve_plugin
-from export.runtime.sidecar import read_engine_sidecar, read_sidecar
+from ccnet.export.runtime.availability import require_tensorrt
+from ccnet.export.runtime.formats import BACKENDS, ENGINE_SUFFIXES
+from ccnet.export.runtime.plugins import load_plugin, resolve_plugin
+from ccnet.export.runtime.sidecar import read_engine_sidecar, read_sidecar
 
-__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "prepare_artifact", "prepare_served"]
+__all__ = ["prepare_artifact", "prepare_served"]
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-ENGINE_SUFFIXES = (".engine", ".plan")
 log = logging.getLogger("ccnet.prepare")
 
 
@@ -54,7 +53,7 @@ def _onnx(source: Path, cache_dir: Path, say: Progress) -> Path:
     if _is_valid(read_sidecar, target):
         say(f"{source}: cached ONNX export {target}")
         return target
-    from export.onnx import export_onnx
+    from ccnet.export.onnx import export_onnx
 
     options = {k: v for k, v in SERVE_EXPORT.items() if k != "revision"}
     say(f"{source}: exporting to ONNX in {target.parent} (once; cached)")
@@ -74,7 +73,7 @@ def _engine(
     if _is_valid(read_engine_sidecar, target):
         say(f"{onnx_path}: cached TensorRT engine {target}")
         return target
-    from export.engine import ShapeProfile, build_engine
+    from ccnet.export.engine import ShapeProfile, build_engine
 
     say(f"{onnx_path}: building a TensorRT engine in {target.parent} (once; cached)")
     build_engine(onnx_path, target, ShapeProfile(*key.profile), plugin=plugin, progress=say)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export._progress import Progress, silent, to_stderr
+from ccnet.export._progress import Progress, silent, to_stderr
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -178,14 +178,14 @@ def _onnx_source(
     source: Path, staging: Path, dtype: str, opset: int | None, say: Progress
 ) -> tuple[Path, Path]:
     """(model.onnx, model.json) for ``source``: an exported ONNX, or a checkpoint exported now."""
-    from export.runtime.sidecar import read_sidecar, sidecar_path
+    from ccnet.export.runtime.sidecar import read_sidecar, sidecar_path
 
     if source.suffix == ".onnx":
         if not source.is_file():
             raise FileNotFoundError(f"ONNX model not found: {source}")
         read_sidecar(source)  # validates the pair before anything is copied
         return source, sidecar_path(source)
-    from export.onnx import DEFAULT_OPSET, export_onnx
+    from ccnet.export.onnx import DEFAULT_OPSET, export_onnx
 
     say(f"{source} is not an .onnx file: exporting it as a checkpoint first")
     result = export_onnx(
@@ -196,7 +196,8 @@ def _onnx_source(
 
 def _engine_sidecar(engine: Path, onnx_model: Path, max_batch: int) -> dict[str, Any] | None:
     """The engine's sidecar (None if it has none), checked against the ONNX and the batch."""
-    from export.runtime.sidecar import file_sha256, read_engine_sidecar, sidecar_path
+    from ccnet.export.runtime.sidecar import read_engine_sidecar, sidecar_path
+    from ccnet.model.files import file_sha256
 
     if not engine.is_file():
         raise FileNotFoundError(f"engine not found: {engine}")
@@ -246,8 +247,8 @@ def write_triton_repository(
         ValueError: a bad name or batch size, a corrupt checkpoint or sidecar, an engine that
             does not belong to the ONNX or whose profile cannot serve ``max_batch``.
     """
-    from export.runtime.sidecar import read_sidecar
-    from model.files import ensure_writable_dir, replace_dir, write_files_atomic
+    from ccnet.export.runtime.sidecar import read_sidecar
+    from ccnet.model.files import ensure_writable_dir, replace_dir, write_files_atomic
 
     if not _NAME.match(name):
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '-', '.'")

@@ -2,19 +2,42 @@
 
 Typical use::
 
-    from model import build_model, load_checkpoint, save_checkpoint
+    from ccnet.model import build_model, load_checkpoint, save_checkpoint
 
     model = build_model("ccnet-tiny", num_classes=5)
     save_checkpoint(model, {"classes": [...]}, "runs/tiny.pt")
     model, meta = load_checkpoint("runs/tiny.pt")
+
+The names below are loaded on first use, so importing a light submodule (``ccnet.model.files``,
+``ccnet.model.samples``) does not import torch.
 """
 
-from model.ccnet import CCNet, CCNet3D
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.convert import convert_checkpoint
-from model.model_config import ModelConfig, Normalization
-from model.resize import resize_logits
-from model.zoo import build_model, get_config, list_models
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ccnet.model.ccnet import CCNet, CCNet3D
+    from ccnet.model.checkpoint import load_checkpoint, save_checkpoint
+    from ccnet.model.convert import convert_checkpoint
+    from ccnet.model.model_config import ModelConfig, Normalization
+    from ccnet.model.resize import resize_logits
+    from ccnet.model.zoo import build_model, get_config, list_models
+
+_EXPORTS = {
+    "CCNet": "ccnet.model.ccnet",
+    "CCNet3D": "ccnet.model.ccnet",
+    "load_checkpoint": "ccnet.model.checkpoint",
+    "save_checkpoint": "ccnet.model.checkpoint",
+    "convert_checkpoint": "ccnet.model.convert",
+    "ModelConfig": "ccnet.model.model_config",
+    "Normalization": "ccnet.model.model_config",
+    "resize_logits": "ccnet.model.resize",
+    "build_model": "ccnet.model.zoo",
+    "get_config": "ccnet.model.zoo",
+    "list_models": "ccnet.model.zoo",
+}
 
 __all__ = [
     "CCNet",
@@ -29,3 +52,16 @@ __all__ = [
     "resize_logits",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ccnet.model' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -18,13 +18,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from model.axial import (
+from ccnet.model.axial import (
     attention_block_forward,
     axial_attention_fast,
     axial_attention_reference,
     check_axial_inputs,
 )
-from model.config import cuda_op, resolve_cca_implementation
+from ccnet.model.config import cuda_op, resolve_cca_implementation
 
 __all__ = ["AxialAttentionBlock", "CrissCrossAttention", "criss_cross_attention"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from model.cca import AxialAttentionBlock, run_axial_attention
+from ccnet.model.cca import AxialAttentionBlock, run_axial_attention
 
 __all__ = ["CrissCrossAttention3d", "criss_cross_attention_3d"]
 

@@ -13,12 +13,12 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from model.backbones.resnet import ActLayer, DilatedResNet, NormLayer
-from model.cca import CrissCrossAttention
-from model.cca3d import CrissCrossAttention3d
-from model.heads import AttentionLayer, FCNHead, RCCAHead, batch_to_frames, frames_to_batch
-from model.model_config import ModelConfig
-from model.resize import resize_logits
+from ccnet.model.backbones.resnet import ActLayer, DilatedResNet, NormLayer
+from ccnet.model.cca import CrissCrossAttention
+from ccnet.model.cca3d import CrissCrossAttention3d
+from ccnet.model.heads import AttentionLayer, FCNHead, RCCAHead, batch_to_frames, frames_to_batch
+from ccnet.model.model_config import ModelConfig
+from ccnet.model.resize import resize_logits
 
 __all__ = ["CCNet", "CCNet3D"]
 

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.ccnet import CCNet, CCNet3D
-from model.files import save_torch_atomic
-from model.model_config import ModelConfig, Normalization
-from model.zoo import build_model
+from ccnet.model.ccnet import CCNet, CCNet3D
+from ccnet.model.files import save_torch_atomic
+from ccnet.model.model_config import ModelConfig, Normalization
+from ccnet.model.zoo import build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -40,17 +40,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from model.backbones.resnet import DEPTHS
-from model.ccnet import CCNet
-from model.checkpoint import (
+from ccnet.model.backbones.resnet import DEPTHS
+from ccnet.model.ccnet import CCNet
+from ccnet.model.checkpoint import (
     complete_meta,
     default_class_names,
     default_palette,
     load_plain,
     save_checkpoint,
 )
-from model.model_config import MMSEG_NORMALIZATION, OFFICIAL_NORMALIZATION, ModelConfig
-from model.zoo import build_model
+from ccnet.model.model_config import MMSEG_NORMALIZATION, OFFICIAL_NORMALIZATION, ModelConfig
+from ccnet.model.zoo import build_model
 
 __all__ = [
     "INPLACE_ABN_EPS",

@@ -26,6 +26,8 @@ import torch
 
 __all__ = [
     "ensure_writable_dir",
+    "file_key",
+    "file_sha256",
     "replace_dir",
     "save_torch_atomic",
     "write_bytes_atomic",
@@ -146,3 +148,20 @@ def replace_dir(staging: Path, target: Path) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks (model files can be large). The one content hash
+    of the project: sidecars, hot reload and the precision gate's cache all use it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_key(path: PathLike) -> str:
+    """The first 16 hex digits of a file's SHA-256 (cache keys: models by content, not name)."""
+    return file_sha256(path)[:16]

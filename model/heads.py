@@ -14,8 +14,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from model.backbones.resnet import ActLayer, NormLayer
-from model.cca import CrissCrossAttention
+from ccnet.model.backbones.resnet import ActLayer, NormLayer
+from ccnet.model.cca import CrissCrossAttention
 
 __all__ = [
     "AttentionLayer",

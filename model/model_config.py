@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from model.backbones.resnet import DEPTHS, Flavour
+from ccnet.model.backbones.resnet import DEPTHS, Flavour
 
 __all__ = [
     "IMAGENET_NORMALIZATION",

@@ -13,16 +13,16 @@ from functools import partial
 
 from torch import nn
 
-from model.backbones.resnet import DilatedResNet
-from model.ccnet import CCNet, CCNet3D
-from model.model_config import (
+from ccnet.model.backbones.resnet import DilatedResNet
+from ccnet.model.ccnet import CCNet, CCNet3D
+from ccnet.model.model_config import (
     IMAGENET_NORMALIZATION,
     MMSEG_NORMALIZATION,
     OFFICIAL_NORMALIZATION,
     ModelConfig,
     Normalization,
 )
-from model.recipes import TrainingRecipe
+from ccnet.model.recipes import TrainingRecipe
 
 __all__ = [
     "IMAGENET_NORMALIZATION",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.deadline import Deadline, DeadlineExceededError
+from ccnet.service.core.deadline import Deadline, DeadlineExceededError
 
 __all__ = ["BatchResult", "BoundedExecutor", "MicroBatcher", "OverloadedError"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .pipeline import STRIDE, scaled_size
+from ccnet.inference.pipeline import STRIDE, scaled_size
 
 __all__ = [
     "ClipHeader",

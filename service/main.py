@@ -17,15 +17,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from .api.errors import install_error_handlers
-from .api.middleware import RequestContextMiddleware
-from .api.routes import docs, health, models, segment, ui, v2, video
-from .api.state import AppState, app_state
-from .core.config import Settings, get_settings
-from .core.logging import configure_logging
-from .core.memory import pin_malloc_thresholds
-from .registry import DuplicateModelError, ModelLoadError, Preparer
-from .reload import ModelWatcher
+from ccnet.service.api.errors import install_error_handlers
+from ccnet.service.api.middleware import RequestContextMiddleware
+from ccnet.service.api.routes import docs, health, models, segment, ui, v2, video
+from ccnet.service.api.state import AppState, app_state
+from ccnet.service.core.config import Settings, get_settings
+from ccnet.service.core.logging import configure_logging
+from ccnet.service.core.memory import pin_malloc_thresholds
+from ccnet.service.registry import DuplicateModelError, ModelLoadError, Preparer
+from ccnet.service.reload import ModelWatcher
 
 __all__ = ["create_app"]
 

@@ -6,6 +6,8 @@ Run one worker per container and scale with replicas when the numbers must add u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,11 +16,18 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ccnet.inference.precision.capabilities import detect_cpu
+from ccnet.inference.precision.select import precision_entry
+
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+if TYPE_CHECKING:
+    from ccnet.inference.backends.base import InferenceBackend
 
 
 class ServiceMetrics:
@@ -90,6 +99,24 @@ class ServiceMetrics:
         )
         self.ready = Gauge(
             "ccnet_ready", "1 once every model is loaded and warmed up", registry=self.registry
+        )
+
+    def record_precision(self, backend: InferenceBackend) -> None:
+        """Set the precision gauges of a freshly loaded model."""
+        entry = precision_entry(backend)
+        cpu = detect_cpu()
+        self.precision.labels(
+            backend.info.name,
+            backend.name,
+            str(entry["chosen"]),
+            str(entry["requested"]),
+            "amx" if cpu.amx_bf16 or cpu.amx_int8 else "no",
+            "yes" if cpu.avx512_bf16 else "no",
+            "yes" if cpu.native_int8 else "no",
+        ).set(1)
+        speedup = entry["speedup"]
+        self.precision_speedup.labels(backend.info.name).set(
+            float(speedup) if isinstance(speedup, int | float) else 1.0
         )
 
     def render(self) -> bytes:

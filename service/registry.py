@@ -19,13 +19,14 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from .backends import InferenceBackend, ModelInfo, load_backend
-from .backends.precision import precision_entry, record_precision_metrics
-from .batching import BoundedExecutor, MicroBatcher
-from .core.config import Settings
-from .core.memory import peak_growth_bytes
-from .metrics import ServiceMetrics
-from .reload import LoadFailure, ModelVersion, content_hash
+from ccnet.inference.backends import InferenceBackend, ModelInfo, load_backend
+from ccnet.inference.precision.select import precision_entry
+from ccnet.model.files import file_sha256
+from ccnet.service.batching import BoundedExecutor, MicroBatcher
+from ccnet.service.core.config import Settings
+from ccnet.service.core.memory import peak_growth_bytes
+from ccnet.service.metrics import ServiceMetrics
+from ccnet.service.reload import LoadFailure, ModelVersion
 
 __all__ = [
     "DuplicateModelError",
@@ -219,7 +220,7 @@ class ModelRegistry:
         log.info("%d inference worker(s) per image model, %d thread(s) each", workers, threads)
         for name, path in self.settings.model_sources():
             try:
-                version = ModelVersion(path, content_hash(path), time.time())
+                version = ModelVersion(path, file_sha256(path), time.time())
             except OSError as error:
                 raise ModelLoadError(name or path.stem) from error
             served = self._build(name, path, version, taken=self.models)
@@ -239,7 +240,7 @@ class ModelRegistry:
         workers, _ = self.settings.parallelism()
         began = time.perf_counter()
         try:
-            backend = load_backend(name, path, self.settings)
+            backend = load_backend(name, path, self.settings.load_options())
         except Exception as error:
             raise ModelLoadError(name or path.stem) from error
         info = backend.info
@@ -271,7 +272,7 @@ class ModelRegistry:
         else:
             clips = BoundedExecutor(self.settings.video_queue_size, name=info.name)
             served = ServedVideoModel(info, backend, clips, activation, version=version)
-        record_precision_metrics(self.metrics, backend)
+        self.metrics.record_precision(backend)
         log.info(
             "loaded %s (%s) on %s/%s from %s (sha256 %s) in %.1f s; %.0f B of activations "
             "per pixel",

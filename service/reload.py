@@ -19,7 +19,6 @@ does, is instant).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -29,29 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ccnet.export.runtime.formats import MODEL_SUFFIXES
+from ccnet.model.files import file_sha256
+
 __all__ = [
-    "MODEL_SUFFIXES",
     "FileFingerprint",
     "LoadFailure",
     "ModelVersion",
     "ModelWatcher",
     "ReloadReport",
     "companion",
-    "content_hash",
 ]
 
 log = logging.getLogger("ccnet.service.reload")
-
-MODEL_SUFFIXES = (".pt", ".onnx", ".engine", ".plan")
-
-
-def content_hash(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def companion(path: Path) -> Path | None:
@@ -81,11 +70,11 @@ class FileFingerprint:
 
 def _content_key(path: Path) -> tuple[str, str]:
     """(SHA-256 of the model file, a key of its content with its sidecar's)."""
-    sha256 = content_hash(path)
+    sha256 = file_sha256(path)
     beside = companion(path)
     if beside is None or not beside.is_file():
         return sha256, sha256
-    return sha256, f"{sha256}+{content_hash(beside)}"
+    return sha256, f"{sha256}+{file_sha256(beside)}"
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ccnet_cli import build_parser, main
-from model import list_models
+from ccnet.cli import build_parser, main
+from ccnet.model import list_models
 
 
 def test_every_subcommand_has_help(capsys) -> None:
@@ -28,7 +28,7 @@ def test_every_subcommand_has_help(capsys) -> None:
 
 def test_console_script_is_installed() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "ccnet_cli", "--help"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "ccnet", "--help"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0
     assert "predict" in done.stdout
@@ -106,7 +106,7 @@ def test_bad_option_values_are_rejected(tmp_path) -> None:
 
 def test_models_does_not_import_torch() -> None:
     """`ccnet models` once built every network to count parameters: 7-9 s for ten rows."""
-    code = "import sys, ccnet_cli; ccnet_cli.main(['models']); print('torch' in sys.modules)"
+    code = "import sys, ccnet.cli; ccnet.cli.main(['models']); print('torch' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
@@ -117,7 +117,7 @@ def test_models_does_not_import_torch() -> None:
 def test_models_catalog_matches_the_zoo() -> None:
     """The table `ccnet models` reads is what model/zoo.py builds (`ccnet models --refresh`
     regenerates it)."""
-    import ccnet_cli
+    import ccnet.cli as ccnet_cli
 
     assert ccnet_cli._catalog() == ccnet_cli._zoo_rows(), "stale: run `ccnet models --refresh`"
 
@@ -151,7 +151,7 @@ def test_models_into_a_closed_pipe_is_quiet(monkeypatch, capsys) -> None:
 
 def test_models_piped_into_head() -> None:
     done = subprocess.run(
-        f"'{sys.executable}' -m ccnet_cli models --json | head -n 1",
+        f"'{sys.executable}' -m ccnet models --json | head -n 1",
         shell=True,
         capture_output=True,
         text=True,

@@ -22,8 +22,8 @@ stays instant):
 
 Library use::
 
-    from training.config import TrainConfig
-    from training.loop import train
+    from ccnet.training.config import TrainConfig
+    from ccnet.training.loop import train
 
     summary = train(TrainConfig(model="ccnet-tiny", data="data/synth", out="runs/tiny"))
 """

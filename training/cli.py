@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the ``ccnet`` parser."""
-    from training.config import add_config_arguments
+    from ccnet.training.config import add_config_arguments
 
     train = commands.add_parser(
         "train",
@@ -80,7 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=("auto", "fp32", "bf16", "fp16"),
         default="fp32",
         help="fp32 (default); bf16 (CPU) or fp16 (CUDA) autocast; auto: what the service's "
-        "parity gate picks for this checkpoint here (service/backends/precision.py)",
+        "parity gate picks for this checkpoint here (inference/precision/)",
     )
     evaluate.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -138,9 +138,9 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from training.config import load_config_file, resolve_config
-    from training.interrupt import Interrupted
-    from training.loop import train
+    from ccnet.training.config import load_config_file, resolve_config
+    from ccnet.training.interrupt import Interrupted
+    from ccnet.training.loop import train
 
     cli_only = ("command", "handler", "config", "resume", "export")
     flags = {k: v for k, v in vars(args).items() if k not in cli_only}
@@ -177,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _export_run(run_dir: Path) -> dict[str, Any]:
     """The finished run's best model as a parity-checked ONNX file beside its checkpoints."""
-    from export.onnx import export_onnx
+    from ccnet.export.onnx import export_onnx
 
     checkpoint = run_dir / "best.pt"
     if not checkpoint.is_file():
@@ -199,10 +199,11 @@ def _is_rank_zero() -> bool:
 
 def _evaluation_precision(args: argparse.Namespace, model: Any, meta: Any, device: Any) -> str:
     """``--precision`` resolved for this checkpoint and machine (auto: the service's gate)."""
-    from service.backends.precision import resolve_checkpoint_precision
-    from service.core.config import Settings
+    from ccnet.inference.options import LoadOptions
+    from ccnet.inference.precision.select import resolve_checkpoint_precision
 
-    cache_dir = Settings(_env_file=None).cache_dir
+    # the command is an entry point: the gate's cache is where the service keeps it
+    cache_dir = Path(os.environ.get("CCNET_CACHE_DIR") or LoadOptions().cache_dir).expanduser()
     return resolve_checkpoint_precision(
         args.precision, Path(args.checkpoint), model, meta, str(device), cache_dir
     )
@@ -211,11 +212,11 @@ def _evaluation_precision(args: argparse.Namespace, model: Any, meta: Any, devic
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from model import load_checkpoint
-    from service.backends.precision import autocast
-    from training import distributed
-    from training.datasets import ClipDataset, check_split, load_split
-    from training.evaluate import build_eval_dataset, evaluate_groups
+    from ccnet.inference.precision.policy import autocast
+    from ccnet.model import load_checkpoint
+    from ccnet.training import distributed
+    from ccnet.training.datasets import ClipDataset, check_split, load_split
+    from ccnet.training.evaluate import build_eval_dataset, evaluate_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,7 +280,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             "frames": dict(zip(groups, (int(n) for n in frames), strict=True)),
         }
     if args.report:
-        from training.report import write_report
+        from ccnet.training.report import write_report
 
         result["report"] = write_report(args.report, result, matrix.matrix.numpy(), classes)
     if args.json:
@@ -290,7 +291,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _inference_settings(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
     """The flags as ``InferenceSettings``; slide without --tile takes the training crop."""
-    from training.evaluate import InferenceSettings, default_tile
+    from ccnet.training.evaluate import InferenceSettings, default_tile
 
     tile = args.tile
     if tile is None and args.mode == "slide":
@@ -308,7 +309,7 @@ def _groups(index: Any, corruptions: bool) -> tuple[tuple[str, ...], Any]:
     """The groups frames are scored in: ``all``, and with ``--corruptions`` the synth ones."""
     if not corruptions:
         return ("all",), lambda frame: ("all",)
-    from training.synth import CORRUPTION_GROUPS, corruption_groups
+    from ccnet.training.synth import CORRUPTION_GROUPS, corruption_groups
 
     return CORRUPTION_GROUPS, corruption_groups(index)
 
@@ -339,7 +340,7 @@ def _print_result(result: dict[str, Any], classes: list[str]) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from training.synth import generate
+    from ccnet.training.synth import generate
 
     counts = generate(
         args.out,

@@ -26,12 +26,12 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from torch.utils.data import Dataset
 
-from model.zoo import Normalization, get_recipe
-from training.datasets import ClipDataset, FrameDataset, SplitIndex
-from training.datasets.index import Layout
-from training.losses import CategoryConsistentLoss, SegmentationLoss
-from training.sampler import SeededBatchSampler
-from training.transforms import TrainTransform
+from ccnet.model.zoo import Normalization, get_recipe
+from ccnet.training.datasets import ClipDataset, FrameDataset, SplitIndex
+from ccnet.training.datasets.index import Layout
+from ccnet.training.losses import CategoryConsistentLoss, SegmentationLoss
+from ccnet.training.sampler import SeededBatchSampler
+from ccnet.training.transforms import TrainTransform
 
 __all__ = [
     "TrainConfig",

@@ -28,11 +28,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from model import CCNet, CCNet3D, resize_logits
-from model.zoo import get_recipe, list_models
-from training.datasets import ClipDataset, FrameDataset, SplitIndex
-from training.metrics import ConfusionMatrix
-from training.transforms import EvalTransform
+from ccnet.model import CCNet, CCNet3D, resize_logits
+from ccnet.model.zoo import get_recipe, list_models
+from ccnet.training.datasets import ClipDataset, FrameDataset, SplitIndex
+from ccnet.training.metrics import ConfusionMatrix
+from ccnet.training.transforms import EvalTransform
 
 __all__ = [
     "InferenceMode",

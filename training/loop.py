@@ -44,23 +44,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from model import CCNet, CCNet3D, build_model, save_checkpoint
-from model.checkpoint import default_palette, read_checkpoint
-from model.files import write_json_atomic
-from training import distributed
-from training.config import TrainConfig, command_line
-from training.datasets import SplitIndex, check_split, load_split
-from training.distributed import DistributedContext
-from training.evaluate import InferenceSettings, build_eval_dataset, predictions
-from training.interrupt import Interrupted, StopRequest, ignore_interrupts
-from training.metrics import ConfusionMatrix
-from training.objective import TrainingObjective
-from training.optim import build_optimizer, build_scheduler
-from training.overlays import overlay_strip
-from training.provenance import provenance, run_summary
-from training.run_state import RunState
-from training.scalars import ScalarLog
-from training.state import (
+from ccnet.model import CCNet, CCNet3D, build_model, save_checkpoint
+from ccnet.model.checkpoint import default_palette, read_checkpoint
+from ccnet.model.files import write_json_atomic
+from ccnet.training import distributed
+from ccnet.training.config import TrainConfig, command_line
+from ccnet.training.datasets import SplitIndex, check_split, load_split
+from ccnet.training.distributed import DistributedContext
+from ccnet.training.evaluate import InferenceSettings, build_eval_dataset, predictions
+from ccnet.training.interrupt import Interrupted, StopRequest, ignore_interrupts
+from ccnet.training.metrics import ConfusionMatrix
+from ccnet.training.objective import TrainingObjective
+from ccnet.training.optim import build_optimizer, build_scheduler
+from ccnet.training.overlays import overlay_strip
+from ccnet.training.provenance import provenance, run_summary
+from ccnet.training.run_state import RunState
+from ccnet.training.scalars import ScalarLog
+from ccnet.training.state import (
     capture_rng,
     checkpoint_dir,
     commit_checkpoint,
@@ -68,7 +68,7 @@ from training.state import (
     load_state,
     save_state,
 )
-from training.warmstart import load_matching_weights
+from ccnet.training.warmstart import load_matching_weights
 
 __all__ = ["RESUMABLE_CHANGES", "VAL_PICTURES", "train"]
 

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import resize_logits
-from training.datasets.index import IGNORE_INDEX
+from ccnet.model import resize_logits
+from ccnet.training.datasets.index import IGNORE_INDEX
 
 __all__ = [
     "CategoryConsistentLoss",

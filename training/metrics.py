@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.datasets.index import IGNORE_INDEX
+from ccnet.training.datasets.index import IGNORE_INDEX
 
 __all__ = ["ConfusionMatrix"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model import CCNet
-from training.losses import CategoryConsistentLoss, SegmentationLoss
+from ccnet.model import CCNet
+from ccnet.training.losses import CategoryConsistentLoss, SegmentationLoss
 
 __all__ = ["TrainingObjective"]
 

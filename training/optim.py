@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from model import CCNet
-from training.config import TrainConfig
-from training.schedule import PolyWarmupLR
+from ccnet.model import CCNet
+from ccnet.training.config import TrainConfig
+from ccnet.training.schedule import PolyWarmupLR
 
 __all__ = ["build_optimizer", "build_scheduler", "parameter_groups"]
 

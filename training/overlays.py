@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from model.zoo import Normalization
-from training.datasets.index import IGNORE_INDEX
-from training.evaluate import Prediction
+from ccnet.model.zoo import Normalization
+from ccnet.training.datasets.index import IGNORE_INDEX
+from ccnet.training.evaluate import Prediction
 
 __all__ = ["colour_labels", "denormalize", "overlay_strip"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from training.config import TrainConfig
-from training.run_state import Counters
+from ccnet.training.config import TrainConfig
+from ccnet.training.run_state import Counters
 
 __all__ = ["data_generator", "provenance", "run_summary"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model.files import write_bytes_atomic, write_json_atomic
+from ccnet.model.files import write_bytes_atomic, write_json_atomic
 
 __all__ = ["write_report"]
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.schedule import PolyWarmupLR
-from training.state import restore_rng
+from ccnet.training.schedule import PolyWarmupLR
+from ccnet.training.state import restore_rng
 
 __all__ = ["Counters", "RunState"]
 

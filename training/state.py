@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import load_plain
-from model.files import save_torch_atomic, write_text_atomic
+from ccnet.model.checkpoint import load_plain
+from ccnet.model.files import save_torch_atomic, write_text_atomic
 
 __all__ = [
     "STATE_FORMAT",

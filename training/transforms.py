@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.zoo import Normalization
-from training.datasets.index import IGNORE_INDEX
+from ccnet.model.zoo import Normalization
+from ccnet.training.datasets.index import IGNORE_INDEX
 
 __all__ = ["EvalTransform", "TrainTransform"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.checkpoint import read_checkpoint
+from ccnet.model.checkpoint import read_checkpoint
 
 __all__ = ["load_matching_weights"]
 

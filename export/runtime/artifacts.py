@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.runtime import availability
-from export.runtime.plugins import plugin_sha256
-from export.runtime.sidecar import file_sha256, read_engine_sidecar, read_sidecar
+from ccnet.export.runtime import availability
+from ccnet.export.runtime.plugins import plugin_sha256
+from ccnet.export.runtime.sidecar import read_engine_sidecar, read_sidecar
+from ccnet.model.files import file_sha256
 
 __all__ = [
     "ENGINE_FILE",

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from export.runtime.availability import plugin_runtime
-from export.runtime.sidecar import file_sha256
+from ccnet.export.runtime.availability import plugin_runtime
+from ccnet.model.files import file_sha256
 
 __all__ = [
     "DEFAULT_PLUGIN",

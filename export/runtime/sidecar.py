@@ -28,13 +28,14 @@ tensorrt``::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ccnet.model.files import file_sha256
 
 if TYPE_CHECKING:
     import onnx
@@ -45,7 +46,6 @@ __all__ = [
     "SIDECAR_FORMAT",
     "SIDECAR_VERSION",
     "TensorSpec",
-    "file_sha256",
     "io_specs",
     "read_engine_sidecar",
     "read_sidecar",
@@ -107,15 +107,6 @@ def io_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     """``model.onnx`` -> ``model.json`` (same directory, same stem)."""
     return Path(model_path).with_suffix(".json")
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks (model files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:

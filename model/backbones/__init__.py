@@ -1,6 +1,6 @@
 """Backbones for CCNet: dilated ResNets with a deep stem."""
 
-from model.backbones.resnet import (
+from ccnet.model.backbones.resnet import (
     DEPTHS,
     ActLayer,
     BasicBlock,

@@ -29,13 +29,25 @@ from typing import Any, TypeVar
 import numpy as np
 from fastapi import Request
 
-from ..admission import OverBudgetError, Reservation
-from ..backends.base import InferenceBackend, ModelInfo
-from ..batching import OverloadedError
-from ..codecs import ImageDecodeError, ImageTooLargeError, decode_image
-from ..core.config import Settings
-from ..core.deadline import Deadline, DeadlineExceededError
-from ..costs import (
+from ccnet.inference.backends.base import InferenceBackend, ModelInfo
+from ccnet.inference.codecs import ImageDecodeError, ImageTooLargeError, decode_image
+from ccnet.inference.options import DEFAULT_CLIP_WINDOW
+from ccnet.inference.video import (
+    MEDIA_TYPES,
+    DecodedVideo,
+    VideoDecodeError,
+    VideoTooLargeError,
+    decode_video,
+)
+from ccnet.service.admission import OverBudgetError, Reservation
+from ccnet.service.api.errors import ApiError
+from ccnet.service.api.media import IMAGE_MEDIA_TYPES, check_media_type
+from ccnet.service.api.state import AppState, app_state
+from ccnet.service.api.upload import Upload, UploadLimits, read_upload
+from ccnet.service.batching import OverloadedError
+from ccnet.service.core.config import Settings
+from ccnet.service.core.deadline import Deadline, DeadlineExceededError
+from ccnet.service.costs import (
     ClipHeader,
     ImageHeader,
     clip_cost,
@@ -44,12 +56,7 @@ from ..costs import (
     probe_clip,
     probe_image,
 )
-from ..registry import ServedImageModel, ServedVideoModel
-from ..video import MEDIA_TYPES, DecodedVideo, VideoDecodeError, VideoTooLargeError, decode_video
-from .errors import ApiError
-from .media import IMAGE_MEDIA_TYPES, check_media_type
-from .state import AppState, app_state
-from .upload import Upload, UploadLimits, read_upload
+from ccnet.service.registry import ServedImageModel, ServedVideoModel
 
 __all__ = [
     "AcceptedClip",
@@ -319,7 +326,7 @@ async def _admit_clip(work: Work, upload: Upload, served: ServedVideoModel, outp
             frames,
             max_side=settings.max_video_side,
             classes=len(served.info.classes),
-            window=served.info.window or 4,
+            window=served.info.window or DEFAULT_CLIP_WINDOW,
             output=output,
             activation_per_pixel=served.activation_per_pixel,
         )

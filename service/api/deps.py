@@ -16,13 +16,18 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from ..core.config import Settings
-from ..core.readiness import ReadinessProblem
-from ..metrics import ServiceMetrics
-from ..registry import ModelRegistry, ServedImageModel, ServedVideoModel, UnknownModelError
-from .errors import ApiError
-from .params import ModelName
-from .state import AppState, app_state
+from ccnet.service.api.errors import ApiError
+from ccnet.service.api.params import ModelName
+from ccnet.service.api.state import AppState, app_state
+from ccnet.service.core.config import Settings
+from ccnet.service.core.readiness import ReadinessProblem
+from ccnet.service.metrics import ServiceMetrics
+from ccnet.service.registry import (
+    ModelRegistry,
+    ServedImageModel,
+    ServedVideoModel,
+    UnknownModelError,
+)
 
 __all__ = [
     "ApiKey",

@@ -6,8 +6,8 @@ type that is not an image (or not a clip) is refused before any decoding.
 
 from __future__ import annotations
 
-from ..codecs import IMAGE_MEDIA_TYPES  # beside its decoder
-from .errors import ApiError
+from ccnet.inference.codecs import IMAGE_MEDIA_TYPES  # beside its decoder
+from ccnet.service.api.errors import ApiError
 
 __all__ = ["IMAGE_MEDIA_TYPES", "check_media_type"]
 

@@ -14,9 +14,9 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..core.logging import request_id
-from ..metrics import ServiceMetrics
-from .errors import CLIENT_CLOSED, error_response
+from ccnet.service.api.errors import CLIENT_CLOSED, error_response
+from ccnet.service.core.logging import request_id
+from ccnet.service.metrics import ServiceMetrics
 
 __all__ = ["RequestContextMiddleware"]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Query
 
-from ..schemas import ErrorResponse
+from ccnet.service.schemas import ErrorResponse
 
 __all__ = ["ERROR_RESPONSES", "ModelName", "OverlayAlpha", "upload_body"]
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection
 
-from ..admission import MemoryBudget
-from ..core.config import Settings
-from ..core.readiness import Readiness
-from ..metrics import ServiceMetrics
-from ..registry import ModelRegistry, Preparer
-from ..reload import ModelWatcher
+from ccnet.service.admission import MemoryBudget
+from ccnet.service.core.config import Settings
+from ccnet.service.core.readiness import Readiness
+from ccnet.service.metrics import ServiceMetrics
+from ccnet.service.registry import ModelRegistry, Preparer
+from ccnet.service.reload import ModelWatcher
 
 __all__ = ["AppState", "app_state"]
 

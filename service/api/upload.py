@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from ..admission import Reservation
-from .errors import ApiError
+from ccnet.service.admission import Reservation
+from ccnet.service.api.errors import ApiError
 
 __all__ = ["Upload", "UploadLimits", "read_upload", "too_large"]
 

@@ -6,23 +6,18 @@ process (``--workers N``) builds the same settings from its environment.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["BUNDLED_MODELS", "Settings", "available_cores", "get_settings"]
+from ccnet.inference.demo import BUNDLED_MODELS
+from ccnet.inference.options import DEFAULT_MAX_PIXELS, MODEL_SUFFIXES, LoadOptions
 
-# The demo checkpoints installed with the package: served when no model is named.
-BUNDLED_MODELS = (
-    Path(__file__).resolve().parents[1] / "assets" / "ccnet-tiny.pt",
-    Path(__file__).resolve().parents[1] / "assets" / "ccnet3d-tiny.pt",
-)
+__all__ = ["BUNDLED_MODELS", "Settings", "get_settings"]
 
 MiB = 1 << 20
-_CPU_THREADS_PER_WORKER = 1  # auto: one forward pass per core (see Settings.parallelism)
 
 
 class Settings(BaseSettings):
@@ -51,7 +46,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
         "auto",
         description="auto: the fastest path that passes the parity gate on this machine "
-        "(service/backends/precision.py); bf16 (torch, CPU), int8 (onnxruntime, CPU), fp16 (CUDA)",
+        "(inference/precision/); bf16 (torch, CPU), int8 (onnxruntime, CPU), fp16 (CUDA)",
     )
     threads: int = Field(
         0, ge=0, description="intra-op threads; 0 = the CPU cores shared among the workers"
@@ -76,7 +71,9 @@ class Settings(BaseSettings):
     # input limits
     max_image_bytes: int = Field(20 * MiB, ge=1)
     max_video_bytes: int = Field(100 * MiB, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1, description="per image, checked before decoding")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="per image, checked before decoding"
+    )
     max_video_pixels: int = Field(1920 * 1088, ge=1, description="per frame of a clip")
     max_frames: int = Field(300, ge=1)
     max_clip_pixels: int = Field(
@@ -160,26 +157,28 @@ class Settings(BaseSettings):
         # CCNET_API_KEY= (set but empty, as compose files often leave it) means "no key"
         return value if value is not None and value.get_secret_value() else None
 
+    def load_options(self) -> LoadOptions:
+        """What the inference library needs of these settings to load a model (the library
+        never sees this class). ``backend`` only when it was set: else the file's own."""
+        return LoadOptions(
+            backend=self.backend if "backend" in self.model_fields_set else None,
+            device=self.device,
+            precision=self.precision,
+            fp16=self.fp16,
+            threads=self.threads,
+            inference_workers=self.inference_workers,
+            processes=self.workers,
+            cache_dir=self.cache_dir,
+            trt_plugin=self.trt_plugin,
+            max_side=self.max_side,
+            max_video_side=self.max_video_side,
+            max_batch_size=self.max_batch_size,
+        )
+
     def parallelism(self) -> tuple[int, int]:
-        """(inference workers per image model, intra-op threads per forward pass).
-
-        On a GPU one worker feeds the device. On CPUs the cores are split among workers:
-        several single-threaded forward passes side by side get more images through than one
-        pass spread over every core (small convolutions parallelise poorly), at some cost in
-        the latency of a lone request. TensorRT contexts are not shared between threads.
-        With several worker processes (``workers``), each plans for its share of the cores.
-        """
-        # uvicorn worker processes (``workers``) share the cores: each gets its part
-        cores = max(1, available_cores() // self.workers)
-        gpu = self.backend == "tensorrt" or self.device == "cuda"
-        if self.device == "auto" and self.backend == "torch":
-            import torch
-
-            gpu = torch.cuda.is_available()
-        auto = max(1, cores // _CPU_THREADS_PER_WORKER)
-        workers = 1 if gpu else self.inference_workers or auto
-        threads = self.threads or max(1, cores // workers)
-        return workers, threads
+        """(inference workers per image model, intra-op threads per forward pass): see
+        ``LoadOptions.parallelism``."""
+        return self.load_options().parallelism(self.backend)
 
     def model_sources(self) -> list[tuple[str | None, Path]]:
         """(name or None, path) for every model to load, bundled demos when none is named."""
@@ -193,19 +192,11 @@ class Settings(BaseSettings):
             )
         if self.model_dir is not None and self.model_dir.is_dir():
             for path in sorted(self.model_dir.iterdir()):
-                if path.suffix in (".pt", ".onnx", ".engine", ".plan"):
+                if path.suffix in MODEL_SUFFIXES:
                     sources.append((None, path))
         if not sources:
             sources = [(None, path) for path in BUNDLED_MODELS]
         return sources
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def get_settings() -> Settings:

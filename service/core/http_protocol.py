@@ -54,7 +54,7 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls) -> ConnectionLimits:
-        from .config import get_settings
+        from ccnet.service.core.config import get_settings
 
         settings = get_settings()
         return cls(

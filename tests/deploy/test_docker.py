@@ -234,7 +234,7 @@ def _k8s() -> list[dict]:
 def _app_client() -> Any:
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
+    from ccnet.service.main import create_app
 
     # no `with`: the lifespan (model loading) never runs, the routes answer all the same
     return TestClient(create_app())
@@ -380,7 +380,7 @@ def test_gpu_image_builds_and_points_at_the_plugin() -> None:
         "COPY",
         f"--from=builder /src/build/trt/{library} {env['CCNET_TRT_PLUGIN']}",
     ) in runtime
-    from export.engine import PLUGIN_ENV
+    from ccnet.export.engine import PLUGIN_ENV
 
     assert PLUGIN_ENV == "CCNET_TRT_PLUGIN"
     args = _assignments(builder, "ARG")
@@ -443,7 +443,7 @@ def test_dockerignore_keeps_context_small_and_sources_in() -> None:
     for artefact in ("model.onnx", "export/x/engine.plan", "runs/a/best.pt", "x/model.engine"):
         assert _ignored(artefact, rules), f".dockerignore lets {artefact} in"
     assert _ignored("service/__pycache__/main.cpython-311.pyc", rules)
-    for asset in (ROOT / "service" / "assets").glob("*.pt"):
+    for asset in (ROOT / "inference" / "assets").glob("*.pt"):
         relative = asset.relative_to(ROOT).as_posix()
         assert not _ignored(relative, rules), f"the demo model {relative} must reach the image"
     for kind, path in DOCKERFILES.items():
@@ -561,7 +561,7 @@ def test_readme_deploying_names_only_existing_files() -> None:
 
 def test_readme_deploying_commands_parse() -> None:
     """Every `ccnet ...` line in the section's code blocks is accepted by the real parser."""
-    from ccnet_cli import build_parser
+    from ccnet.cli import build_parser
 
     blocks = re.findall(r"```[a-z]*\n(.*?)```", _deploying_section(), re.DOTALL)
     commands = []
@@ -673,7 +673,7 @@ def test_cpu_recipe_installs_and_serves(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     _stage_context(dockerfile, source)
-    assert not (source / "tests").exists() and (source / "service" / "assets").is_dir()
+    assert not (source / "tests").exists() and (source / "inference" / "assets").is_dir()
 
     # the image's build: each RUN that calls docker/install.sh, with the builder's ARGs
     clean = {

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "docker" / "k8s" / "ccnet.yaml"
-ASSETS = ROOT / "service" / "assets"
+ASSETS = ROOT / "inference" / "assets"
 EXTRA_MODEL = "ccnet-tiny-extra"
 READY_TIMEOUT_S = 240
 

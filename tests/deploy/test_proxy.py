@@ -174,7 +174,7 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
     result = nginx.test_config()
     assert result.returncode == 0 and "test is successful" in result.stderr, result.stderr
     # the file's own limits stay above the service's defaults, so the service answers 413
-    from service.core.config import Settings
+    from ccnet.service.core.config import Settings
 
     size = re.search(r"client_max_body_size\s+(\d+)m;", NGINX_CONF.read_text()).group(1)
     defaults = Settings()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import build_model, save_checkpoint
+from ccnet.model import build_model, save_checkpoint
 
 # Small check sizes keep the suite fast; the second is not a multiple of the output stride.
 CHECK_SIZES_2D = ((64, 96), (75, 57))
@@ -43,7 +43,7 @@ def checkpoint_3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_2d(checkpoint_2d: Path, tmp_path_factory: pytest.TempPathFactory):
-    from export.onnx import export_onnx
+    from ccnet.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx_fp32")
     return export_onnx(checkpoint_2d, out, check_sizes=CHECK_SIZES_2D, progress=None)
@@ -51,7 +51,7 @@ def onnx_2d(checkpoint_2d: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def onnx_2d_fp16(checkpoint_2d: Path, tmp_path_factory: pytest.TempPathFactory):
-    from export.onnx import export_onnx
+    from ccnet.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx_fp16")
     return export_onnx(checkpoint_2d, out, dtype="fp16", check_sizes=CHECK_SIZES_2D, progress=None)
@@ -59,7 +59,7 @@ def onnx_2d_fp16(checkpoint_2d: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def onnx_3d(checkpoint_3d: Path, tmp_path_factory: pytest.TempPathFactory):
-    from export.onnx import export_onnx
+    from ccnet.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx_3d")
     return export_onnx(checkpoint_3d, out, check_sizes=CHECK_SIZES_3D, progress=None)

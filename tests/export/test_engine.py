@@ -17,10 +17,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from ccnet_cli import main
-from export import engine
-from export.engine import ShapeProfile, parse_shape, tensorrt_unavailable_reason
-from export.runtime import plugins
+from ccnet.cli import main
+from ccnet.export import engine
+from ccnet.export.engine import ShapeProfile, parse_shape, tensorrt_unavailable_reason
+from ccnet.export.runtime import plugins
 from tests.export import native_build
 
 NO_TENSORRT = tensorrt_unavailable_reason()
@@ -161,7 +161,7 @@ import ctypes, json, sys
 from pathlib import Path
 library = Path(sys.argv[1])
 def ours():
-    from export.runtime.plugins import registered_creators
+    from ccnet.export.runtime.plugins import registered_creators
     return [c for c in registered_creators() if c[0].startswith("CrissCrossAttention")]
 """
 BOTH_ONCE = [["CrissCrossAttention", "1", ""], ["CrissCrossAttention3d", "1", ""]]
@@ -188,8 +188,8 @@ def test_loading_a_library_twice_through_the_loader(plugin_library: Path, tmp_pa
     link.symlink_to(plugin_library)
     result = _scenario(
         """
-from export.runtime.availability import plugin_runtime
-from export.runtime.plugins import load_plugin, loaded_plugins
+from ccnet.export.runtime.availability import plugin_runtime
+from ccnet.export.runtime.plugins import load_plugin, loaded_plugins
 ops = [{"op_type": "CrissCrossAttention", "plugin_version": "1", "plugin_namespace": ""}]
 first = load_plugin(library, required=ops)
 second = load_plugin(library, required=ops)
@@ -217,8 +217,8 @@ def test_a_plain_dlopen_registers_both_creators(plugin_library: Path) -> None:
     finding them registered, does not load again."""
     result = _scenario(
         """
-from export.runtime.availability import plugin_runtime
-from export.runtime.plugins import load_plugin
+from ccnet.export.runtime.availability import plugin_runtime
+from ccnet.export.runtime.plugins import load_plugin
 registry = plugin_runtime().get_plugin_registry()
 ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
 after_dlopen = ours()
@@ -247,7 +247,7 @@ def test_a_dlopen_before_tensorrt_leaves_load_library_working(plugin_library: Pa
     result = _scenario(
         """
 ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
-from export.runtime.plugins import load_plugin
+from ccnet.export.runtime.plugins import load_plugin
 load_plugin(library)
 print(json.dumps({"creators": ours()}))
 """,
@@ -259,11 +259,11 @@ print(json.dumps({"creators": ours()}))
 _TWO_MODELS = """
 import shutil, types
 import numpy as np
-from export import engine as engine_module, prepare
-from export.runtime import availability, runner
-from service.backends import load_backend
-from service.cli import _prepare_models
-from service.core.config import Settings
+from ccnet.export import engine as engine_module, prepare
+from ccnet.export.runtime import availability, runner
+from ccnet.inference.backends import load_backend
+from ccnet.service.cli import _prepare_models
+from ccnet.service.core.config import Settings
 
 onnx_a, cache = Path(sys.argv[2]), Path(sys.argv[3])
 onnx_b = cache.parent / "b" / "model.onnx"
@@ -313,7 +313,8 @@ runner.EngineRunner = GpuFreeRunner
 settings = Settings(backend="tensorrt", models=[f"a={onnx_a}", f"b={onnx_b}"], cache_dir=cache,
                     trt_plugin=library, log_format="text")
 _prepare_models(settings)  # what `ccnet serve` runs before its workers
-backends = [load_backend(name, path, settings) for name, path in settings.model_sources()]
+options = settings.load_options()
+backends = [load_backend(name, path, options) for name, path in settings.model_sources()]
 print(json.dumps({"loads": len(loads), "backends": [(b.info.name, b.name) for b in backends],
                   "creators": ours(),
                   "engines": len(list(cache.glob("tensorrt/*/engine.plan")))}))
@@ -340,7 +341,7 @@ def test_two_tensorrt_models_load_the_plugin_once(plugin_library, onnx_2d, tmp_p
 def test_prepared_artifacts_are_keyed_by_content_and_build(onnx_2d, tmp_path, monkeypatch):
     """The cache key of the ONNX follows the checkpoint's bytes (not its name or time); the
     engine's follows the ONNX, the profile, the TensorRT version, the plugin build and the GPU."""
-    from export.runtime import artifacts, availability
+    from ccnet.export.runtime import artifacts, availability
 
     cache = tmp_path / "cache"
     first = tmp_path / "a" / "tiny.pt"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ccnet_cli import main
+from ccnet.cli import main
 
 
 @pytest.mark.parametrize("target", ["onnx", "tensorrt", "triton"])
@@ -19,7 +19,7 @@ def test_every_export_target_has_help(capsys, target: str) -> None:
 
 
 def test_onnx_arguments_reach_the_exporter(monkeypatch, tmp_path, capsys) -> None:
-    import export.onnx
+    import ccnet.export.onnx
 
     seen = {}
 
@@ -29,9 +29,11 @@ def test_onnx_arguments_reach_the_exporter(monkeypatch, tmp_path, capsys) -> Non
             "dtype": kwargs["dtype"], "opset": kwargs["opset"], "inputs": [], "outputs": [],
             "custom_ops": [], "parity": {"cases": []},
         }  # fmt: skip
-        return export.onnx.OnnxExport(Path(output_dir) / "model.onnx", Path("x.json"), sidecar)
+        return ccnet.export.onnx.OnnxExport(
+            Path(output_dir) / "model.onnx", Path("x.json"), sidecar
+        )
 
-    monkeypatch.setattr(export.onnx, "export_onnx", fake_export)
+    monkeypatch.setattr(ccnet.export.onnx, "export_onnx", fake_export)
     argv = ["export", "onnx", "ck.pt", "-o", str(tmp_path), "--dtype", "fp16", "--opset", "20"]
     sizes = ["--check-size", "64x96", "--check-size", "80x48"]
     assert main([*argv, *sizes, "--fp16-min-agreement", "0.995"]) == 0
@@ -99,9 +101,8 @@ def test_parity_failure_exits_2_and_writes_nothing(
     """
     import onnx
 
-    from export import graph_capture, parity
-
-    from .conftest import CHECK_SIZES_2D
+    from ccnet.export import graph_capture, parity
+    from tests.export.conftest import CHECK_SIZES_2D
 
     bare = onnx.load(onnx_2d.model_path)
     del bare.functions[:]
@@ -152,7 +153,7 @@ def test_fp16_export_of_the_bundled_checkpoint_passes_as_the_readme_shows(tmp_pa
     """`ccnet export onnx service/assets/ccnet-tiny.pt --dtype fp16` once failed at 99.884%
     argmax agreement: pixels whose fp32 logits tie within fp16's resolution flip either way.
     The bar (99.9%) now holds on the pixels fp16 can decide, and both figures are reported."""
-    from service.core.config import BUNDLED_MODELS
+    from ccnet.service.core.config import BUNDLED_MODELS
 
     out = tmp_path / "fp16"
     assert main(["export", "onnx", str(BUNDLED_MODELS[0]), "-o", str(out), "--dtype", "fp16"]) == 0

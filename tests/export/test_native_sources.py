@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.axial import axial_attention_reference
+from ccnet.model.axial import axial_attention_reference
 from tests.export import native_build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -425,7 +425,7 @@ def test_plugin_links_the_cuda_runtime_statically(
 def cuda_ext():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: the extension is checked on GPU machines only")
-    from export import cuda_ext
+    from ccnet.export import cuda_ext
 
     try:
         cuda_ext.load_extension()

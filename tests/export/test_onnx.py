@@ -10,14 +10,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export.onnx_functions import OP_DOMAIN, attention_function
-from export.runtime.sidecar import read_sidecar
-from model import Normalization, load_checkpoint
-from model.cca import criss_cross_attention
-from model.cca3d import criss_cross_attention_3d
-from model.config import cca_implementation
-
-from .conftest import CHECK_SIZES_2D, NUM_CLASSES
+from ccnet.export.onnx_functions import OP_DOMAIN, attention_function
+from ccnet.export.runtime.sidecar import read_sidecar
+from ccnet.model import Normalization, load_checkpoint
+from ccnet.model.cca import criss_cross_attention
+from ccnet.model.cca3d import criss_cross_attention_3d
+from ccnet.model.config import cca_implementation
+from tests.export.conftest import CHECK_SIZES_2D, NUM_CLASSES
 
 
 def _session(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
@@ -242,10 +241,9 @@ def test_mask_output_is_the_argmax_of_the_logits(onnx_2d, checkpoint_2d, tmp_pat
     """`--output mask`: uint8 class ids (N, H, W) equal to the argmax of the logits export."""
     import skimage.data
 
-    from export.onnx import export_onnx
-    from export.runtime.sidecar import read_sidecar
-
-    from .conftest import CHECK_SIZES_2D
+    from ccnet.export.onnx import export_onnx
+    from ccnet.export.runtime.sidecar import read_sidecar
+    from tests.export.conftest import CHECK_SIZES_2D
 
     result = export_onnx(
         checkpoint_2d, tmp_path, output="mask", check_sizes=CHECK_SIZES_2D, progress=None
@@ -265,10 +263,9 @@ def test_mask_output_is_the_argmax_of_the_logits(onnx_2d, checkpoint_2d, tmp_pat
 
 
 def test_the_service_refuses_a_mask_export(tmp_path, checkpoint_2d) -> None:
-    from export.onnx import export_onnx
-    from service.segmenter import Segmenter
-
-    from .conftest import CHECK_SIZES_2D
+    from ccnet.export.onnx import export_onnx
+    from ccnet.inference.segmenter import Segmenter
+    from tests.export.conftest import CHECK_SIZES_2D
 
     result = export_onnx(
         checkpoint_2d, tmp_path, output="mask", check_sizes=CHECK_SIZES_2D, progress=None
@@ -278,7 +275,7 @@ def test_the_service_refuses_a_mask_export(tmp_path, checkpoint_2d) -> None:
 
 
 def test_triton_repository_has_a_labels_file(onnx_2d, tmp_path) -> None:
-    from export.triton import write_triton_repository
+    from ccnet.export.triton import write_triton_repository
 
     written = write_triton_repository(onnx_2d.model_path, tmp_path, "seg", progress=None)
     labels = (written.model_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
@@ -292,7 +289,7 @@ def test_triton_repository_has_a_labels_file(onnx_2d, tmp_path) -> None:
 def test_fp16_criterion_forgives_ties_only() -> None:
     """Flips where the reference's top-2 margin is within fp16's resolution are forgiven;
     a flip of a decided pixel counts, and a model of near-ties cannot pass."""
-    from export.parity import compare_logits, onnx_criterion
+    from ccnet.export.parity import compare_logits, onnx_criterion
 
     rng = np.random.default_rng(0)
     reference = rng.normal(0, 4, (1, 3, 50, 40)).astype(np.float32)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from export.triton import write_triton_repository
+from ccnet.export.triton import write_triton_repository
 
 ONNX_TO_TRITON = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16"}
 
@@ -217,7 +217,7 @@ def test_bad_model_names_are_refused(onnx_2d, tmp_path, name: str) -> None:
 
 def test_checkpoint_source_is_exported_first(onnx_2d, checkpoint_2d, tmp_path, monkeypatch):
     """A checkpoint goes through export_onnx (stubbed here with the session's export)."""
-    import export.onnx
+    import ccnet.export.onnx
 
     calls = []
 
@@ -227,9 +227,9 @@ def test_checkpoint_source_is_exported_first(onnx_2d, checkpoint_2d, tmp_path, m
         out.mkdir(parents=True)
         for path in (onnx_2d.model_path, onnx_2d.sidecar_path):
             shutil.copyfile(path, out / path.name)
-        return export.onnx.OnnxExport(out / "model.onnx", out / "model.json", onnx_2d.sidecar)
+        return ccnet.export.onnx.OnnxExport(out / "model.onnx", out / "model.json", onnx_2d.sidecar)
 
-    monkeypatch.setattr(export.onnx, "export_onnx", fake_export)
+    monkeypatch.setattr(ccnet.export.onnx, "export_onnx", fake_export)
     result = write_triton_repository(
         checkpoint_2d, tmp_path / "repo", "seg", dtype="fp16", opset=20, progress=None
     )

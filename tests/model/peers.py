@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.cca import criss_cross_attention
+from ccnet.model.cca import criss_cross_attention
 
 LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import Tensor
 
-import model.axial as axial
-from model.axial import axial_attention_fast, axial_attention_reference
+import ccnet.model.axial as axial
+from ccnet.model.axial import axial_attention_fast, axial_attention_reference
 
 Layout = Callable[[Tensor], Tensor]
 

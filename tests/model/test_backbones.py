@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.backbones import DEPTHS, BasicBlock, Bottleneck, DilatedResNet, stage_dilations
+from ccnet.model.backbones import DEPTHS, BasicBlock, Bottleneck, DilatedResNet, stage_dilations
 
 FLAVOURS = ("official", "mmseg")
 

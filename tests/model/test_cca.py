@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model.cca import CrissCrossAttention, criss_cross_attention
-from model.cca3d import CrissCrossAttention3d, criss_cross_attention_3d
-from model.config import (
+from ccnet.model.cca import CrissCrossAttention, criss_cross_attention
+from ccnet.model.cca3d import CrissCrossAttention3d, criss_cross_attention_3d
+from ccnet.model.config import (
     cca_implementation,
     get_cca_implementation,
     resolve_cca_implementation,
@@ -357,7 +357,7 @@ def test_implementation_switch() -> None:
 
 def test_registered_cuda_implementation_is_dispatched_and_explicit_choice_fails_clearly() -> None:
     """The registration hook: ``cuda`` runs the registered op; without one it says what to do."""
-    from model import config
+    from ccnet.model import config
 
     calls = []
 
@@ -390,8 +390,8 @@ def test_a_block_call_resolves_the_implementation_once(
     monkeypatch: pytest.MonkeyPatch, block_cls: type, grad: bool
 ) -> None:
     """One decision per call, shared by the layout choice and the op (it used to be made twice)."""
-    import model.cca as cca_module
-    from model import config
+    import ccnet.model.cca as cca_module
+    from ccnet.model import config
 
     seen: list[str] = []
     real = config.resolve_cca_implementation

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from model import CCNet, CCNet3D, ModelConfig, build_model, get_config, list_models
-from model.backbones import DilatedResNet
-from model.heads import FCNHead, RCCAHead, batch_to_frames, frames_to_batch
-from model.zoo import IMAGENET_NORMALIZATION, OFFICIAL_NORMALIZATION, Normalization
+from ccnet.model import CCNet, CCNet3D, ModelConfig, build_model, get_config, list_models
+from ccnet.model.backbones import DilatedResNet
+from ccnet.model.heads import FCNHead, RCCAHead, batch_to_frames, frames_to_batch
+from ccnet.model.zoo import IMAGENET_NORMALIZATION, OFFICIAL_NORMALIZATION, Normalization
 
 REQUIRED = {
     "ccnet-tiny",
@@ -372,7 +372,7 @@ def test_forward_upsamples_on_the_configured_grid(align_corners: bool, video: bo
 
 
 def test_resize_logits_is_a_noop_at_size_and_rejects_other_ranks() -> None:
-    from model import resize_logits
+    from ccnet.model import resize_logits
 
     x = torch.randn(1, 2, 5, 7)
     assert resize_logits(x, (5, 7), True) is x

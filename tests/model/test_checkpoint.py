@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.checkpoint as checkpoint_module
-from model import CCNet3D, build_model, load_checkpoint, save_checkpoint
-from model.checkpoint import (
+import ccnet.model.checkpoint as checkpoint_module
+from ccnet.model import CCNet3D, build_model, load_checkpoint, save_checkpoint
+from ccnet.model.checkpoint import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     complete_meta,
@@ -22,7 +22,7 @@ from model.checkpoint import (
     default_palette,
     read_checkpoint,
 )
-from model.zoo import OFFICIAL_NORMALIZATION, get_config
+from ccnet.model.zoo import OFFICIAL_NORMALIZATION, get_config
 
 CODE_RAN: list[str] = []
 

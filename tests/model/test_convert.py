@@ -17,12 +17,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from model import convert_checkpoint, load_checkpoint
-from model.checkpoint import CITYSCAPES_CLASSES
-from model.convert import infer_config, mmseg_config_value, peer_key_map
-from model.zoo import get_config
-
-from .peers import (
+from ccnet.model import convert_checkpoint, load_checkpoint
+from ccnet.model.checkpoint import CITYSCAPES_CLASSES
+from ccnet.model.convert import infer_config, mmseg_config_value, peer_key_map
+from ccnet.model.zoo import get_config
+from tests.model.peers import (
     TARGET,
     assert_landed_by_value,
     fabricate,
@@ -328,7 +327,7 @@ def test_missing_or_unreadable_source_file(tmp_path: Path) -> None:
 def test_convert_cli_records_recurrence_and_grid(
     small_mmseg: dict[str, Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import ccnet_cli
+    import ccnet.cli as ccnet_cli
 
     src = tmp_path / "mmseg.pth"
     torch.save({"state_dict": small_mmseg}, src)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import Normalization, convert_checkpoint
-
-from .peers import fabricate, fidelity, official_keys, peer_logits
+from ccnet.model import Normalization, convert_checkpoint
+from tests.model.peers import fabricate, fidelity, official_keys, peer_logits
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -32,7 +31,7 @@ def _resize_modes(model: onnx.ModelProto) -> set[str]:
 
 
 def test_exported_official_conversion_agrees_at_input_size(tmp_path: Path) -> None:
-    from export.onnx import export_onnx_model
+    from ccnet.export.onnx import export_onnx_model
 
     recurrence = 1  # the official R=1 release (every export test already covers R=2)
 
@@ -64,8 +63,8 @@ def test_exported_official_conversion_agrees_at_input_size(tmp_path: Path) -> No
 
 def test_our_models_export_the_half_pixel_grid() -> None:
     """The default (False) keeps its Resize mode: the flag, not a constant, drives the graph."""
-    from export.graph_capture import ExportableModel, capture_onnx
-    from model import build_model
+    from ccnet.export.graph_capture import ExportableModel, capture_onnx
+    from ccnet.model import build_model
 
     model = build_model("ccnet-tiny", num_classes=3).eval()
     assert model.config is not None

@@ -9,7 +9,7 @@ import stat
 import pytest
 import torch
 
-from model.files import (
+from ccnet.model.files import (
     ensure_writable_dir,
     replace_dir,
     save_torch_atomic,

@@ -5,27 +5,25 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.core.config import Settings
-from service.main import create_app
+from ccnet.service.core.config import Settings
+from ccnet.service.main import create_app
 
 
 def make_client(**overrides: object) -> TestClient:
     """A started app (models loaded) with settings ``overrides``; use as a context manager."""
-    from export.prepare import prepare_served
-    from service.backends.loading import effective_backend
+    from ccnet.export.prepare import prepare_served
 
     settings = Settings(log_format="text", log_level="warning", **overrides)
     for _, path in settings.model_sources():  # as `ccnet serve` does before its workers
         # a file that cannot be prepared fails when the app loads it, as in a served one
         with contextlib.suppress(OSError, ValueError):
-            prepare_served(path, effective_backend(path, settings), settings)
+            prepare_served(path, settings.load_options().backend_for(path), settings)
     return TestClient(create_app(settings, background_load=False))
 
 
@@ -42,23 +40,3 @@ def png_bytes(rgb: np.ndarray, mode: str | None = None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="session")
-def astronaut() -> np.ndarray:
-    import skimage.data
-
-    return np.asarray(skimage.data.astronaut())
-
-
-@pytest.fixture(scope="session")
-def small_rgb() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="session")
-def gif_clip() -> bytes:
-    """scikit-image's animated GIF (24 frames of 25×14)."""
-    import skimage.data
-
-    return (Path(skimage.data.__file__).parent / "no_time_for_that_tiny.gif").read_bytes()

@@ -45,7 +45,7 @@ def serve(
     port = free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet_cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ccnet", "serve", "--port", str(port)],
             cwd=ROOT,
             env=environment,
             stdout=sink,

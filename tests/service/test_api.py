@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.state import app_state
-from service.registry import ServedImageModel
-from service.schemas import ClipSegmentation, ImageSegmentation, ModelList
-from service.segmenter import Segmenter
-from service.video import encode_overlay_video
+from ccnet.inference.segmenter import Segmenter
+from ccnet.inference.video import encode_overlay_video
+from ccnet.service.api.state import app_state
+from ccnet.service.registry import ServedImageModel
+from ccnet.service.schemas import ClipSegmentation, ImageSegmentation, ModelList
 from tests.service.conftest import make_client, png_bytes
 
 
@@ -134,7 +134,7 @@ def test_large_jpeg_is_draft_decoded_for_a_mask_at_full_size(astronaut, orientat
     """A JPEG much larger than max_side is decoded at a coarser DCT scale for a mask (the
     decoder sees fewer pixels), yet the mask keeps the file's (EXIF-oriented) size and agrees
     with the full decode's mask; an overlay still shows the full-resolution pixels."""
-    from service.codecs import decode_image
+    from ccnet.inference.codecs import decode_image
 
     big = np.asarray(Image.fromarray(astronaut).resize((2048, 1536)))  # W×H 2048×1536
     image = Image.fromarray(big)
@@ -436,9 +436,9 @@ def test_request_timeout_answers_503(small_rgb) -> None:
 
 
 def test_not_ready_until_loaded_then_ready(monkeypatch, small_rgb) -> None:
-    from service.core.config import Settings
-    from service.main import create_app
-    from service.registry import ModelRegistry
+    from ccnet.service.core.config import Settings
+    from ccnet.service.main import create_app
+    from ccnet.service.registry import ModelRegistry
 
     release = threading.Event()
     load = ModelRegistry.load

@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching import BoundedExecutor, MicroBatcher, OverloadedError
-from service.core.config import Settings, available_cores
-from service.core.deadline import Deadline, DeadlineExceededError
+from ccnet.inference.options import available_cores
+from ccnet.service.batching import BoundedExecutor, MicroBatcher, OverloadedError
+from ccnet.service.core.config import Settings
+from ccnet.service.core.deadline import Deadline, DeadlineExceededError
 
 
 def _double(batch: np.ndarray) -> np.ndarray:

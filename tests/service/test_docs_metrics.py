@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from service.core.config import Settings
-from service.main import create_app
+from ccnet.service.core.config import Settings
+from ccnet.service.main import create_app
 
 
 def test_docs_routes_have_their_own_metrics_label() -> None:

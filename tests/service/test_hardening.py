@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.state import app_state
-from service.core.config import Settings
-from service.core.http_protocol import ConnectionLimits, GuardedH11Protocol
-from service.main import create_app
+from ccnet.service.api.state import app_state
+from ccnet.service.core.config import Settings
+from ccnet.service.core.http_protocol import ConnectionLimits, GuardedH11Protocol
+from ccnet.service.main import create_app
 from tests.service.conftest import make_client, png_bytes
 from tests.service.test_api import _error, _gate, _post_clip, _post_image
 
@@ -80,7 +80,7 @@ def _flat_png(width: int, height: int) -> bytes:
 
 
 def test_a_request_larger_than_the_whole_budget_is_refused_before_decoding(monkeypatch) -> None:
-    import service.api.acceptance as acceptance
+    import ccnet.service.api.acceptance as acceptance
 
     decoded = []
     monkeypatch.setattr(acceptance, "decode_image", lambda *a: decoded.append(1))
@@ -122,9 +122,9 @@ def test_overlay_and_decode_stay_within_the_cost_estimate() -> None:
     """The estimate is an upper bound on what decoding and the overlay really allocate."""
     import tracemalloc
 
-    from service.codecs import decode_image
-    from service.costs import ImageHeader, image_cost
-    from service.overlay import blend_overlay
+    from ccnet.inference.codecs import decode_image
+    from ccnet.inference.overlay import blend_overlay
+    from ccnet.service.costs import ImageHeader, image_cost
 
     data = _flat_png(1500, 1000)
     tracemalloc.start()
@@ -145,7 +145,7 @@ def test_overlay_and_decode_stay_within_the_cost_estimate() -> None:
 def test_a_clip_arriving_while_another_decodes_is_refused_before_decoding(
     monkeypatch, gif_clip
 ) -> None:
-    import service.api.acceptance as acceptance
+    import ccnet.service.api.acceptance as acceptance
 
     real = acceptance.decode_video
     started, release = threading.Event(), threading.Event()
@@ -172,7 +172,7 @@ def test_a_clip_arriving_while_another_decodes_is_refused_before_decoding(
 
 
 def test_decoding_runs_at_most_decode_workers_at_a_time(monkeypatch, gif_clip) -> None:
-    import service.api.acceptance as acceptance
+    import ccnet.service.api.acceptance as acceptance
 
     real = acceptance.decode_video
     running, peak, lock = [0], [0], threading.Lock()
@@ -199,7 +199,7 @@ def test_decoding_runs_at_most_decode_workers_at_a_time(monkeypatch, gif_clip) -
 
 
 def test_the_deadline_covers_decoding(monkeypatch, small_rgb) -> None:
-    import service.api.acceptance as acceptance
+    import ccnet.service.api.acceptance as acceptance
 
     real = acceptance.decode_image
 
@@ -312,7 +312,7 @@ def test_a_truncated_jpeg_claiming_6000_by_6000_is_invalid(client) -> None:
 
 
 def test_a_genuine_flat_jpeg_of_that_size_still_decodes() -> None:
-    from service.codecs import decode_image
+    from ccnet.inference.codecs import decode_image
 
     buffer = io.BytesIO()
     Image.new("L", (3000, 3000), 0).save(buffer, format="JPEG", quality=95, progressive=True)
@@ -375,7 +375,7 @@ def test_cors_is_off_by_default_and_follows_the_allow_list(client) -> None:
 def test_log_lines_are_rate_limited_per_template() -> None:
     import logging
 
-    from service.core.logging import RateLimitFilter
+    from ccnet.service.core.logging import RateLimitFilter
 
     limiter = RateLimitFilter(per_second=1.0, burst=5)
 

@@ -108,7 +108,7 @@ def test_a_model_that_fails_to_load_stops_the_server(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "ccnet_cli",
+            "ccnet",
             "serve",
             "--port",
             str(free_port()),

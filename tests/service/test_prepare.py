@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.config import BUNDLED_MODELS
+from ccnet.service.core.config import BUNDLED_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 _SPY = """
@@ -31,11 +31,11 @@ def _record(kind):
         calls.write(f"{kind} {os.getpid()}\\n")
 
 if os.environ.get("CCNET_TEST_CALLS"):
-    import export.onnx
-    import service.backends
-    import service.backends.loading
+    import ccnet.export.onnx
+    import ccnet.inference.backends
+    import ccnet.inference.backends.loading
 
-    _export, _load = export.onnx.export_onnx, service.backends.loading.load_backend
+    _export, _load = ccnet.export.onnx.export_onnx, ccnet.inference.backends.loading.load_backend
 
     def export_onnx(*args, **kwargs):
         _record("export")
@@ -45,8 +45,9 @@ if os.environ.get("CCNET_TEST_CALLS"):
         _record("load")
         return _load(*args, **kwargs)
 
-    export.onnx.export_onnx = export_onnx
-    service.backends.load_backend = service.backends.loading.load_backend = load_backend
+    ccnet.export.onnx.export_onnx = export_onnx
+    loading = ccnet.inference.backends.loading
+    ccnet.inference.backends.load_backend = loading.load_backend = load_backend
 """
 
 
@@ -85,7 +86,7 @@ def test_serve_with_two_workers_exports_a_checkpoint_once(tmp_path: Path) -> Non
         "CCNET_TEST_CALLS": str(calls),
     }
     command = [
-        sys.executable, "-m", "ccnet_cli", "serve", "--model", str(BUNDLED_MODELS[0]),
+        sys.executable, "-m", "ccnet", "serve", "--model", str(BUNDLED_MODELS[0]),
         "--backend", "onnxruntime", "--workers", "2", "--host", "127.0.0.1",
         "--port", str(port), "--cache-dir", str(tmp_path / "cache"), "--log-format", "text",
     ]  # fmt: skip

@@ -14,15 +14,16 @@ import httpx2
 import numpy as np
 import pytest
 
-from service.core.config import Settings
-from service.metrics import ServiceMetrics
-from service.registry import ModelLoadError, ModelRegistry, ServedImageModel
-from service.reload import LoadFailure, ModelVersion, ModelWatcher, content_hash
+from ccnet.model.files import file_sha256
+from ccnet.service.core.config import Settings
+from ccnet.service.metrics import ServiceMetrics
+from ccnet.service.registry import ModelLoadError, ModelRegistry, ServedImageModel
+from ccnet.service.reload import LoadFailure, ModelVersion, ModelWatcher
 from tests.service.conftest import png_bytes
 from tests.service.live import serve
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "service" / "assets" / "ccnet-tiny.pt"
+TINY = ROOT / "inference" / "assets" / "ccnet-tiny.pt"
 
 
 class Recorder:
@@ -34,7 +35,7 @@ class Recorder:
 
     def replace_from_file(self, path: Path, version: ModelVersion, previous: str | None) -> str:
         content = path.read_text()
-        assert version.sha256 == content_hash(path)
+        assert version.sha256 == file_sha256(path)
         if self.fail is not None and self.fail in content:
             raise ValueError(f"{path}: not a checkpoint")
         self.calls.append(("replace", content, previous))
@@ -89,7 +90,7 @@ def test_reload_request_loads_at_once(folder: Path) -> None:
 def test_replaced_content_reloads_touch_does_not(folder: Path) -> None:
     target = Recorder()
     _write(folder / "a.pt", "one", 1_000)
-    seed = ModelVersion(folder / "a.pt", content_hash(folder / "a.pt"), time.time())
+    seed = ModelVersion(folder / "a.pt", file_sha256(folder / "a.pt"), time.time())
     watcher, _ = _watcher(folder, target, initial=[(folder / "a.pt", "a", seed)])
     assert watcher.poll(settle=False).changed is False  # seeded: not loaded twice
     os.utime(folder / "a.pt", ns=(5_000, 5_000))  # touched, same bytes
@@ -130,7 +131,7 @@ def test_failure_keeps_old_version_is_reported_then_recovers(folder: Path) -> No
     report = watcher.poll(settle=False)
     assert report.failed == ["a.pt"] and report.loaded == []
     assert failures["a.pt"].message == "ValueError: a.pt: not a checkpoint"  # no directories
-    assert failures["a.pt"].sha256 == content_hash(folder / "a.pt")
+    assert failures["a.pt"].sha256 == file_sha256(folder / "a.pt")
     assert [op for op, *_ in target.calls] == ["replace"]  # never unloaded
     assert watcher.poll(settle=False).changed is False  # the same bad bytes are not retried
     _write(folder / "a.pt", "three", 3_000)
@@ -158,7 +159,7 @@ def test_export_is_retried_when_its_sidecar_arrives(folder: Path) -> None:
 
 
 def _renamed_checkpoint(destination: Path, classes: list[str]) -> Path:
-    from model import load_checkpoint, save_checkpoint
+    from ccnet.model import load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(TINY)
     assert len(classes) == len(meta["classes"])
@@ -167,7 +168,7 @@ def _renamed_checkpoint(destination: Path, classes: list[str]) -> Path:
 
 
 def _new_classes() -> list[str]:
-    from model import load_checkpoint
+    from ccnet.model import load_checkpoint
 
     _, meta = load_checkpoint(TINY)
     return [f"renamed-{i}" for i in range(len(meta["classes"]))]
@@ -192,7 +193,7 @@ def test_registry_swap_waits_for_requests_in_flight(tmp_path: Path) -> None:
         classes = _new_classes()
         replacement = _renamed_checkpoint(tmp_path / "next.pt", classes)
         os.replace(replacement, models / "tiny.pt")
-        version = ModelVersion(models / "tiny.pt", content_hash(models / "tiny.pt"), time.time())
+        version = ModelVersion(models / "tiny.pt", file_sha256(models / "tiny.pt"), time.time())
         assert registry.replace_from_file(models / "tiny.pt", version, name) == name
         new = registry.get(name, ServedImageModel)
         assert new is not old and new.info.classes == classes
@@ -204,7 +205,7 @@ def test_registry_swap_waits_for_requests_in_flight(tmp_path: Path) -> None:
         assert closed.wait(10)  # retired once its last request let go
 
         (models / "tiny.pt").write_bytes(b"not a checkpoint")
-        broken = ModelVersion(models / "tiny.pt", content_hash(models / "tiny.pt"), time.time())
+        broken = ModelVersion(models / "tiny.pt", file_sha256(models / "tiny.pt"), time.time())
         with pytest.raises(ModelLoadError):
             registry.replace_from_file(models / "tiny.pt", broken, name)
         assert registry.get(name, ServedImageModel) is new  # the last good version serves
@@ -256,7 +257,7 @@ def test_live_swap_under_load_then_corrupt_file_keeps_last_good(live, tmp_path: 
     assert before["failures"] == []
     (entry,) = before["models"]
     assert entry["version"]["file"] == "tiny.pt"
-    assert entry["version"]["sha256"] == content_hash(models / "tiny.pt")
+    assert entry["version"]["sha256"] == file_sha256(models / "tiny.pt")
     assert str(models) not in str(before)  # no directory paths in answers
     old_classes = [c["name"] for c in entry["classes"]]
     new_classes = _new_classes()
@@ -293,7 +294,7 @@ def test_live_swap_under_load_then_corrupt_file_keeps_last_good(live, tmp_path: 
         time.sleep(1.0)  # requests are flowing on the old version
         staged = _renamed_checkpoint(tmp_path / "staging" / "tiny.pt", new_classes)
         os.replace(staged, models / "tiny.pt")  # atomic: never half-written in the folder
-        new_hash = content_hash(models / "tiny.pt")
+        new_hash = file_sha256(models / "tiny.pt")
         swapped = _wait_for(
             lambda: next(
                 (
@@ -331,7 +332,7 @@ def test_live_swap_under_load_then_corrupt_file_keeps_last_good(live, tmp_path: 
     assert answer["report"]["failed"] in ([], ["tiny.pt"]) and answer["report"]["loaded"] == []
     assert answer["failures"] == listing["failures"]
     (failure,) = listing["failures"]
-    assert failure["file"] == "tiny.pt" and failure["sha256"] == content_hash(models / "tiny.pt")
+    assert failure["file"] == "tiny.pt" and failure["sha256"] == file_sha256(models / "tiny.pt")
     assert failure["error"] and str(models) not in failure["error"]
     (still,) = listing["models"]
     assert still["version"]["sha256"] == new_hash
@@ -361,8 +362,8 @@ def test_reloaded_checkpoint_on_onnxruntime_is_prepared_by_serve(tmp_path: Path)
     ``ccnet serve`` gives the app, a new checkpoint fails (the old version serving); with it,
     the checkpoint is exported (parity-checked) and swapped in."""
     pytest.importorskip("onnxruntime")
-    from export.prepare import prepare_served
-    from service.cli import _prepare_for_reload
+    from ccnet.export.prepare import prepare_served
+    from ccnet.service.cli import _prepare_for_reload
 
     models = tmp_path / "models"
     models.mkdir()
@@ -381,7 +382,7 @@ def test_reloaded_checkpoint_on_onnxruntime_is_prepared_by_serve(tmp_path: Path)
         old = registry.get(None, ServedImageModel)
         classes = _new_classes()
         os.replace(_renamed_checkpoint(tmp_path / "next.pt", classes), models / "tiny.pt")
-        version = ModelVersion(models / "tiny.pt", content_hash(models / "tiny.pt"), time.time())
+        version = ModelVersion(models / "tiny.pt", file_sha256(models / "tiny.pt"), time.time())
         with pytest.raises(ModelLoadError) as failed:
             registry.replace_from_file(models / "tiny.pt", version, old.info.name)
         assert "prepare" in str(failed.value.__cause__).lower()

@@ -19,10 +19,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from service import Segmenter
-from service.core.config import BUNDLED_MODELS
-
-from .conftest import make_client, png_bytes
+from ccnet import Segmenter
+from ccnet.service.core.config import BUNDLED_MODELS
+from tests.service.conftest import make_client, png_bytes
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -55,7 +54,7 @@ def server(tmp_path_factory) -> Iterator[str]:
             [
                 sys.executable,
                 "-m",
-                "ccnet_cli",
+                "ccnet",
                 "serve",
                 "--host",
                 "127.0.0.1",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ccnet_cli import main
-from model import load_checkpoint
-from training.synth import CLASSES
+from ccnet.cli import main
+from ccnet.model import load_checkpoint
+from ccnet.training.synth import CLASSES
 
 TRAIN_FLAGS = [
     "--model", "ccnet-tiny", "--iterations", "3", "--batch-size", "2", "--crop-size", "32",

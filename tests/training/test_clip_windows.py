@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from model.clip_windows import first_cover, plan_windows
-from model.zoo import IMAGENET_NORMALIZATION
-from service.clips import plan_windows as service_windows
-from training.datasets import ClipDataset, load_split
-from training.transforms import EvalTransform
-
-from .conftest import stripes_mask, write_image, write_mask
+from ccnet.inference.clips import plan_windows as service_windows
+from ccnet.model.clip_windows import first_cover, plan_windows
+from ccnet.model.zoo import IMAGENET_NORMALIZATION
+from ccnet.training.datasets import ClipDataset, load_split
+from ccnet.training.transforms import EvalTransform
+from tests.training.conftest import stripes_mask, write_image, write_mask
 
 EVAL = EvalTransform(IMAGENET_NORMALIZATION)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import (
+from ccnet.training.config import (
     TrainConfig,
     add_config_arguments,
     command_line,

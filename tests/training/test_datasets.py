@@ -10,18 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from model.zoo import IMAGENET_NORMALIZATION
-from training.datasets import (
+from ccnet.model.zoo import IMAGENET_NORMALIZATION
+from ccnet.training.datasets import (
     ClipDataset,
     FrameDataset,
     check_split,
     detect_layout,
     load_split,
 )
-from training.datasets.ade20k import ADE20K_CLASSES
-from training.transforms import EvalTransform
-
-from .conftest import SIZE, stripes_mask, write_image, write_mask
+from ccnet.training.datasets.ade20k import ADE20K_CLASSES
+from ccnet.training.transforms import EvalTransform
+from tests.training.conftest import SIZE, stripes_mask, write_image, write_mask
 
 EVAL = EvalTransform(IMAGENET_NORMALIZATION)
 

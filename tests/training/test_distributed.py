@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model import load_checkpoint
-from training.synth import generate
+from ccnet.model import load_checkpoint
+from ccnet.training.synth import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "ccnet_cli", "train", "--model", "ccnet-tiny", "--data", str(data), "--out",
+        "-m", "ccnet", "train", "--model", "ccnet-tiny", "--data", str(data), "--out",
         str(run), "--iterations", "2", "--batch-size", "1", "--crop-size", "32", "--device",
         "cpu", "--threads", "1", "--val-every", "0", "--checkpoint-every", "2",
         "--no-progress", "--no-tensorboard",

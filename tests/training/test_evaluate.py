@@ -9,19 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from ccnet_cli import main
-from model import build_model, save_checkpoint
-from training.datasets import ClipDataset, FrameDataset, load_split
-from training.evaluate import (
+from ccnet.cli import main
+from ccnet.model import build_model, save_checkpoint
+from ccnet.training.datasets import ClipDataset, FrameDataset, load_split
+from ccnet.training.evaluate import (
     InferenceSettings,
     build_eval_dataset,
     default_tile,
     evaluate_model,
     predict_scores,
 )
-from training.synth import generate
-
-from .conftest import SIZE
+from ccnet.training.synth import generate
+from tests.training.conftest import SIZE
 
 
 class _Pointwise(nn.Module):

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_checkpoint
-from model.checkpoint import load_plain
-from training.config import TrainConfig
-from training.loop import train
-from training.synth import generate
+from ccnet.model import load_checkpoint
+from ccnet.model.checkpoint import load_plain
+from ccnet.training.config import TrainConfig
+from ccnet.training.loop import train
+from ccnet.training.synth import generate
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ _KILL_FLAGS = [
 
 
 def _ccnet(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ccnet_cli", *args]
+    return [sys.executable, "-m", "ccnet", *args]
 
 
 def _env() -> dict[str, str]:

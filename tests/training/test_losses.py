@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import (
+from ccnet.training.losses import (
     CategoryConsistentLoss,
     OhemCrossEntropy,
     SegmentationLoss,

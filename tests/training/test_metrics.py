@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.metrics import ConfusionMatrix
+from ccnet.training.metrics import ConfusionMatrix
 
 
 def _from_pairs(pairs: list[tuple[int, int, int]], k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.zoo import IMAGENET_NORMALIZATION, OFFICIAL_NORMALIZATION
-from training.evaluate import Prediction
-from training.overlays import colour_labels, denormalize, overlay_strip
+from ccnet.model.zoo import IMAGENET_NORMALIZATION, OFFICIAL_NORMALIZATION
+from ccnet.training.evaluate import Prediction
+from ccnet.training.overlays import colour_labels, denormalize, overlay_strip
 
 PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
 

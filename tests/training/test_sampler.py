@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from training.sampler import SeededBatchSampler, augmentation_seed
+from ccnet.training.sampler import SeededBatchSampler, augmentation_seed
 
 
 def _take(sampler: SeededBatchSampler, n: int) -> list[list[tuple[int, int]]]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datasets import check_split, detect_layout, load_split
-from training.synth import CLASSES, CORRUPTIONS, generate, render_clip
+from ccnet.training.datasets import check_split, detect_layout, load_split
+from ccnet.training.synth import CLASSES, CORRUPTIONS, generate, render_clip
 
 
 def _files(root: Path) -> dict[str, bytes]:

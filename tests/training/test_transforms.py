@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.zoo import IMAGENET_NORMALIZATION, Normalization
-from training.transforms import EvalTransform, TrainTransform
+from ccnet.model.zoo import IMAGENET_NORMALIZATION, Normalization
+from ccnet.training.transforms import EvalTransform, TrainTransform
 
 
 def _clip(frames: int = 3, size: tuple[int, int] = (20, 30)) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-APP_FACTORY = "service.main:create_app"
+APP_FACTORY = "ccnet.service.main:create_app"
 READY_TIMEOUT_S = 120.0
 UI_TIMEOUT_MS = 45_000
 

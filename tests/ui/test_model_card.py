@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.core.config import Settings
-from service.main import create_app
-from service.model_card import training_card
+from ccnet.inference.model_card import training_card
+from ccnet.service.core.config import Settings
+from ccnet.service.main import create_app
 
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
 

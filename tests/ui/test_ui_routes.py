@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.api.routes import ui
+from ccnet.service.api.routes import ui
 
 PAGE_FILES = ["index.html", "app.js", "app.css"]
 

@@ -5,10 +5,10 @@ ADE20K), ``check_split`` verifies it file by file, and ``FrameDataset`` / ``Clip
 turn it into samples for a ``DataLoader``.
 """
 
-from training.datasets.dataset import ClipDataset, FrameDataset
-from training.datasets.index import IGNORE_INDEX, Frame, LabelMap, Layout, SplitIndex
-from training.datasets.layouts import LAYOUTS, detect_layout, load_split
-from training.datasets.validation import check_split
+from ccnet.training.datasets.dataset import ClipDataset, FrameDataset
+from ccnet.training.datasets.index import IGNORE_INDEX, Frame, LabelMap, Layout, SplitIndex
+from ccnet.training.datasets.layouts import LAYOUTS, detect_layout, load_split
+from ccnet.training.datasets.validation import check_split
 
 __all__ = [
     "IGNORE_INDEX",

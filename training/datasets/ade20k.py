@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.datasets.folder import pair_by_stem
-from training.datasets.index import IGNORE_INDEX, LabelMap, SplitIndex
+from ccnet.training.datasets.folder import pair_by_stem
+from ccnet.training.datasets.index import IGNORE_INDEX, LabelMap, SplitIndex
 
 __all__ = ["ADE20K_CLASSES", "ade20k_root", "index_ade20k"]
 

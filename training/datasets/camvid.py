@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.datasets.folder import pair_by_stem
-from training.datasets.index import IGNORE_INDEX, LabelMap, SplitIndex
+from ccnet.training.datasets.folder import pair_by_stem
+from ccnet.training.datasets.index import IGNORE_INDEX, LabelMap, SplitIndex
 
 __all__ = ["CAMVID_CLASSES", "CAMVID_PALETTE", "camvid_root", "index_camvid", "sequence_of"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.checkpoint import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-from training.datasets.index import Frame, LabelMap, SplitIndex
+from ccnet.model.checkpoint import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from ccnet.training.datasets.index import Frame, LabelMap, SplitIndex
 
 __all__ = ["LABEL_TO_TRAIN_ID", "index_cityscapes"]
 

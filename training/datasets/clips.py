@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.datasets.folder import infer_classes, pair_by_stem, read_classes_file
-from training.datasets.index import Frame, LabelMap, SplitIndex
+from ccnet.training.datasets.folder import infer_classes, pair_by_stem, read_classes_file
+from ccnet.training.datasets.index import Frame, LabelMap, SplitIndex
 
 __all__ = ["clip_folders", "index_clips"]
 

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from model.clip_windows import first_cover, plan_windows
-from training.datasets.index import IGNORE_INDEX, SplitIndex
-from training.datasets.reading import read_image, read_mask
+from ccnet.model.clip_windows import first_cover, plan_windows
+from ccnet.training.datasets.index import IGNORE_INDEX, SplitIndex
+from ccnet.training.datasets.reading import read_image, read_mask
 
 __all__ = ["ClipDataset", "FrameDataset", "SampleKey", "Transform"]
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.datasets.index import IGNORE_INDEX, Frame, LabelMap, SplitIndex
-from training.datasets.reading import IMAGE_SUFFIXES, read_mask
+from ccnet.training.datasets.index import IGNORE_INDEX, Frame, LabelMap, SplitIndex
+from ccnet.training.datasets.reading import IMAGE_SUFFIXES, read_mask
 
 __all__ = ["ClassInfo", "index_folder", "infer_classes", "pair_by_stem", "read_classes_file"]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import get_args
 
-from training.datasets.ade20k import ade20k_root, index_ade20k
-from training.datasets.camvid import camvid_root, index_camvid
-from training.datasets.cityscapes import index_cityscapes
-from training.datasets.clips import index_clips
-from training.datasets.folder import index_folder
-from training.datasets.index import Layout, SplitIndex
+from ccnet.training.datasets.ade20k import ade20k_root, index_ade20k
+from ccnet.training.datasets.camvid import camvid_root, index_camvid
+from ccnet.training.datasets.cityscapes import index_cityscapes
+from ccnet.training.datasets.clips import index_clips
+from ccnet.training.datasets.folder import index_folder
+from ccnet.training.datasets.index import Layout, SplitIndex
 
 __all__ = ["LAYOUTS", "detect_layout", "load_split"]
 

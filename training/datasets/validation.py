@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from training.datasets.index import SplitIndex
-from training.datasets.reading import image_size, read_mask
+from ccnet.training.datasets.index import SplitIndex
+from ccnet.training.datasets.reading import image_size, read_mask
 
 __all__ = ["check_split"]
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, Response
 
-from ..errors import error_response
+from ccnet.service.api.errors import error_response
 
 __all__ = ["ASSETS", "router"]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from ...metrics import CONTENT_TYPE
-from ...schemas import Health
-from ..deps import StateDep, readiness_error
-from ..errors import error_response
+from ccnet.service.api.deps import StateDep, readiness_error
+from ccnet.service.api.errors import error_response
+from ccnet.service.metrics import CONTENT_TYPE
+from ccnet.service.schemas import Health
 
 __all__ = ["router"]
 

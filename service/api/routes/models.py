@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from ...registry import ModelRegistry
-from ...schemas import ErrorResponse, ModelList, ReloadResponse
-from ..deps import ApiKey, RegistryDep, StateDep
-from ..errors import ApiError
+from ccnet.service.api.deps import ApiKey, RegistryDep, StateDep
+from ccnet.service.api.errors import ApiError
+from ccnet.service.registry import ModelRegistry
+from ccnet.service.schemas import ErrorResponse, ModelList, ReloadResponse
 
 __all__ = ["router"]
 

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from ...outputs import ImageOutput, OverlayFormat, RenderOptions, render_image
-from ...schemas import ImageSegmentation
-from ...segmenter import Segmenter
-from ..acceptance import accept_image
-from ..deps import ApiKey, ImageModelDep
-from ..params import ERROR_RESPONSES, OverlayAlpha, upload_body
+from ccnet.inference.render import ImageOutput, OverlayFormat, RenderOptions, render_image
+from ccnet.inference.segmenter import Segmenter
+from ccnet.service.api.acceptance import accept_image
+from ccnet.service.api.deps import ApiKey, ImageModelDep
+from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
+from ccnet.service.schemas import ImageSegmentation
 
 __all__ = ["router"]
 

@@ -34,17 +34,17 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from ...admission import OverBudgetError, Reservation
-from ...codecs import ImageDecodeError, ImageTooLargeError, decode_image
-from ...core.deadline import Deadline
-from ...costs import ImageHeader, image_cost
-from ...pipeline import logits_to_size
-from ...registry import ModelRegistry, ServedImageModel
-from ...segmenter import Segmenter
-from ..acceptance import Work, overloaded
-from ..deps import ApiKey, RegistryDep, StateDep, readiness_error
-from ..errors import ApiError
-from ..upload import UploadLimits, read_upload
+from ccnet.inference.codecs import ImageDecodeError, ImageTooLargeError, decode_image
+from ccnet.inference.pipeline import logits_to_size
+from ccnet.inference.segmenter import Segmenter
+from ccnet.service.admission import OverBudgetError, Reservation
+from ccnet.service.api.acceptance import Work, overloaded
+from ccnet.service.api.deps import ApiKey, RegistryDep, StateDep, readiness_error
+from ccnet.service.api.errors import ApiError
+from ccnet.service.api.upload import UploadLimits, read_upload
+from ccnet.service.core.deadline import Deadline
+from ccnet.service.costs import ImageHeader, image_cost
+from ccnet.service.registry import ModelRegistry, ServedImageModel
 
 __all__ = ["router"]
 

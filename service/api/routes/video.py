@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from ...backends.base import InferenceBackend
-from ...outputs import ClipOutput, ClipOverlayFormat, RenderOptions, render_clip
-from ...schemas import ClipSegmentation as ClipSegmentationSchema
-from ...segmenter import ClipSegmentation, ClipSegmenter
-from ..acceptance import accept_clip
-from ..deps import ApiKey, VideoModelDep
-from ..params import ERROR_RESPONSES, OverlayAlpha, upload_body
+from ccnet.inference.backends.base import InferenceBackend
+from ccnet.inference.render import ClipOutput, ClipOverlayFormat, RenderOptions, render_clip
+from ccnet.inference.segmenter import ClipSegmentation, ClipSegmenter
+from ccnet.service.api.acceptance import accept_clip
+from ccnet.service.api.deps import ApiKey, VideoModelDep
+from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
+from ccnet.service.schemas import ClipSegmentation as ClipSegmentationSchema
 
 __all__ = ["router"]
 

@@ -1,0 +1,94 @@
+"""CCNet semantic segmentation: models, training, export, offline inference and the service.
+
+The repository's top-level folders are this package's subpackages (``model/`` is
+``ccnet.model``, ``inference/`` is ``ccnet.inference``, …); see the README's "Layout".
+
+The public API, loaded on first use so that ``import ccnet`` (and the ``ccnet`` command)
+stays light::
+
+    from ccnet import Segmenter
+    seg = Segmenter.from_file("ccnet-tiny")   # a bundled demo name, or a .pt/.onnx/.engine file
+    result = seg("photo.jpg")                 # result.mask: (H, W) uint8 class ids
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ccnet.inference.segmenter import (
+        ClipSegmentation,
+        ClipSegmenter,
+        Segmentation,
+        Segmenter,
+    )
+    from ccnet.model import (
+        CCNet,
+        CCNet3D,
+        ModelConfig,
+        Normalization,
+        build_model,
+        convert_checkpoint,
+        get_config,
+        list_models,
+        load_checkpoint,
+        resize_logits,
+        save_checkpoint,
+    )
+
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        ("ClipSegmentation", "ClipSegmenter", "Segmentation", "Segmenter"),
+        "ccnet.inference.segmenter",
+    ),
+    **dict.fromkeys(
+        (
+            "CCNet",
+            "CCNet3D",
+            "CCNet3D",
+            "ModelConfig",
+            "Normalization",
+            "build_model",
+            "convert_checkpoint",
+            "get_config",
+            "list_models",
+            "load_checkpoint",
+            "resize_logits",
+            "save_checkpoint",
+        ),
+        "ccnet.model",
+    ),
+}
+
+__all__ = [
+    "CCNet",
+    "CCNet3D",
+    "ClipSegmentation",
+    "ClipSegmenter",
+    "ModelConfig",
+    "Normalization",
+    "Segmentation",
+    "Segmenter",
+    "build_model",
+    "convert_checkpoint",
+    "get_config",
+    "list_models",
+    "load_checkpoint",
+    "resize_logits",
+    "save_checkpoint",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ccnet' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
