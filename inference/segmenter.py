@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -357,8 +357,15 @@ class ClipSegmenter(_Base):
         )
         return cls(open_backend(path, options, name=name), max_side=max_side, overlap=overlap)
 
-    def segment(self, frames: np.ndarray) -> ClipSegmentation:
+    def segment(
+        self, frames: np.ndarray, *, before_window: Callable[[], None] | None = None
+    ) -> ClipSegmentation:
         """Masks for (T, H, W, 3) uint8 frames.
+
+        Args:
+            frames: the clip, RGB 0..255.
+            before_window: called before each window's forward pass; whatever it raises
+                stops the clip there (the service passes its request deadline's check).
 
         Neighbouring windows share ``overlap`` frames and their per-frame probabilities are
         blended, so a frame's label draws on context from both sides and window edges do not
@@ -371,6 +378,8 @@ class ClipSegmenter(_Base):
         small, size, scaled = scale_frames(frames, self.max_side)  # (T, Hp, Wp, 3) uint8
 
         def infer(start: int, stop: int) -> np.ndarray:
+            if before_window is not None:
+                before_window()
             pixels = small[start:stop].transpose(3, 0, 1, 2).astype(np.float32)  # (3, t, Hp, Wp)
             return self.backend.infer(pixels[None])[0]
 

@@ -24,8 +24,9 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings, get_settings
 from ccnet.service.core.logging import configure_logging
 from ccnet.service.core.memory import pin_malloc_thresholds
-from ccnet.service.registry import DuplicateModelError, ModelLoadError, Preparer
+from ccnet.service.registry import Preparer
 from ccnet.service.reload import ModelWatcher
+from ccnet.service.served import DuplicateModelError, ModelLoadError
 
 __all__ = ["create_app"]
 

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 import numpy as np
 from fastapi import Request
 
-from ccnet.inference.backends.base import InferenceBackend, ModelInfo
 from ccnet.inference.codecs import ImageDecodeError, ImageTooLargeError, decode_image
 from ccnet.inference.options import DEFAULT_CLIP_WINDOW
 from ccnet.inference.video import (
@@ -56,12 +55,11 @@ from ccnet.service.costs import (
     probe_clip,
     probe_image,
 )
-from ccnet.service.registry import ServedImageModel, ServedVideoModel
+from ccnet.service.served import ServedImageModel, ServedVideoModel
 
 __all__ = [
     "AcceptedClip",
     "AcceptedImage",
-    "DeadlineBackend",
     "Work",
     "accept_clip",
     "accept_image",
@@ -239,15 +237,11 @@ class AcceptedClip:
     served: ServedVideoModel
     submitted: bool = False
 
-    async def segment(self, job: Callable[[InferenceBackend], T]) -> T:
-        """Run ``job(backend)`` in the claimed slot; the backend checks the deadline before
-        each forward pass."""
-        backend = DeadlineBackend(self.served.backend, self.work.deadline)
-        clips = self.served.clips
+    async def submit(self, submit: Callable[[Deadline], Future[T]]) -> T:
+        """Queue the clip's work in the slot it claimed (``submit`` gets the deadline and
+        must pass ``claimed=True``) and wait for it; the slot is the job's from here on."""
         self.submitted = True
-        return await self.work.queue(
-            lambda deadline: clips.submit(lambda: job(backend), deadline, claimed=True)
-        )
+        return await self.work.queue(submit)
 
 
 def _decode_clip(data: bytes, max_pixels: int, max_frames: int, max_total: int) -> DecodedVideo:
@@ -344,25 +338,3 @@ async def _admit_clip(work: Work, upload: Upload, served: ServedVideoModel, outp
 
 
 _CLIP_DECODE_WORST = 8  # bytes per pixel of a clip whose header gives no size (decode + masks)
-
-
-class DeadlineBackend:
-    """A backend seen through a deadline: each forward pass first checks it, so a clip whose
-    request has timed out stops at its next window instead of running to the end."""
-
-    def __init__(self, backend: InferenceBackend, deadline: Deadline) -> None:
-        self._backend = backend
-        self._deadline = deadline
-        self.name = backend.name
-        self.device = backend.device
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._backend.info
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        self._deadline.check()
-        return self._backend.infer(batch)
-
-    def close(self) -> None:  # the registry owns the real backend
-        pass

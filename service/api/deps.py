@@ -10,7 +10,7 @@ is checked in the same order: API key, readiness, model lookup.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -22,12 +22,8 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings
 from ccnet.service.core.readiness import ReadinessProblem
 from ccnet.service.metrics import ServiceMetrics
-from ccnet.service.registry import (
-    ModelRegistry,
-    ServedImageModel,
-    ServedVideoModel,
-    UnknownModelError,
-)
+from ccnet.service.registry import ModelRegistry, Served, UnknownModelError
+from ccnet.service.served import ServedImageModel, ServedVideoModel
 
 __all__ = [
     "ApiKey",
@@ -84,24 +80,24 @@ def _lookup(registry: ModelRegistry, name: str | None, kind: type):
         raise ApiError(422, "unknown_model", str(error)) from None
 
 
-def get_image_model(registry: RegistryDep, model: ModelName = None) -> Iterator[ServedImageModel]:
-    """The image model named by ``?model=`` (or the default one); 422 ``unknown_model``.
-    Leased for the request: a hot reload swapping it meanwhile closes it only afterwards."""
-    served = registry.lease(lambda: _lookup(registry, model, ServedImageModel))
+def leased(registry: ModelRegistry, pick: Callable[[], Served]) -> Iterator[Served]:
+    """``pick()``'s model, leased for the request (the body of every model dependency): a hot
+    reload swapping it meanwhile closes it only after the request is done."""
+    served = registry.lease(pick)
     try:
         yield served
     finally:
         served.release()
+
+
+def get_image_model(registry: RegistryDep, model: ModelName = None) -> Iterator[ServedImageModel]:
+    """The image model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
+    yield from leased(registry, lambda: _lookup(registry, model, ServedImageModel))
 
 
 def get_video_model(registry: RegistryDep, model: ModelName = None) -> Iterator[ServedVideoModel]:
-    """The clip model named by ``?model=`` (or the default one); 422 ``unknown_model``;
-    leased for the request like ``get_image_model``."""
-    served = registry.lease(lambda: _lookup(registry, model, ServedVideoModel))
-    try:
-        yield served
-    finally:
-        served.release()
+    """The clip model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
+    yield from leased(registry, lambda: _lookup(registry, model, ServedVideoModel))
 
 
 ImageModelDep = Annotated[ServedImageModel, Depends(get_image_model)]

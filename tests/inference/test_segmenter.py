@@ -15,7 +15,7 @@ import skimage.data
 from PIL import Image
 
 from ccnet import ClipSegmenter, Segmenter
-from ccnet.service.core.config import BUNDLED_MODELS
+from ccnet.inference.demo import BUNDLED_MODELS
 from tests.service.conftest import make_client, png_bytes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -181,3 +181,32 @@ def test_serve_takes_an_onnx_model(onnx_file, monkeypatch, capsys) -> None:
     assert main(["serve", "--model", str(onnx_file), "--port", "0", "--backend", "torch"]) == 2
     assert len(started) == 1
     assert "model.onnx" in capsys.readouterr().err
+
+
+def test_clip_segmenter_stops_where_before_window_raises() -> None:
+    """The hook the service passes its deadline through: called once per window, and what
+    it raises stops the clip there (no further forward pass)."""
+    segmenter = ClipSegmenter.from_file("ccnet3d-tiny", precision="fp32")
+    frames = np.random.default_rng(0).integers(0, 256, (10, 32, 40, 3), dtype=np.uint8)
+    calls: list[int] = []
+    segmenter.segment(frames, before_window=lambda: calls.append(1))
+    windows = len(calls)
+    assert windows >= 3, "10 frames in windows of 4 overlapping by 2"
+
+    class StopError(Exception):
+        pass
+
+    def stop_at_second() -> None:
+        calls.append(1)
+        if len(calls) > windows + 1:
+            raise StopError
+
+    with pytest.raises(StopError):
+        segmenter.segment(frames, before_window=stop_at_second)
+    assert len(calls) == windows + 2
+
+
+def test_bundled_names_resolve_and_missing_files_say_so(tmp_path) -> None:
+    assert Segmenter.from_file("ccnet-tiny", precision="fp32").info.name == "ccnet-tiny"
+    with pytest.raises(FileNotFoundError, match=r"no such model file.*ccnet-tiny"):
+        Segmenter.from_file(tmp_path / "model.pt")

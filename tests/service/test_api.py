@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 import threading
 import zipfile
@@ -18,8 +19,8 @@ from PIL import Image
 from ccnet.inference.segmenter import Segmenter
 from ccnet.inference.video import encode_overlay_video
 from ccnet.service.api.state import app_state
-from ccnet.service.registry import ServedImageModel
 from ccnet.service.schemas import ClipSegmentation, ImageSegmentation, ModelList
+from ccnet.service.served import ServedImageModel
 from tests.service.conftest import make_client, png_bytes
 
 
@@ -475,3 +476,17 @@ def test_failed_load_fails_health_checks(tmp_path) -> None:
             assert "'broken'" in answer["error"]["message"], answer
             assert str(tmp_path) not in answer["error"]["message"], answer
         _error(failed.get("/v1/models"), 503, "load_failed")
+
+
+def _inference_count(client, model: str) -> float:
+    text = client.get("/metrics").text
+    pattern = rf'^ccnet_inference_seconds_count\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$'
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_clip_inference_is_timed_in_the_inference_histogram(client, gif_clip) -> None:
+    """Clips count in ``ccnet_inference_seconds`` as images do (they once did not)."""
+    before = _inference_count(client, "ccnet3d-tiny")
+    assert _post_clip(client, gif_clip, output="json").status_code == 200
+    assert _inference_count(client, "ccnet3d-tiny") == before + 1

@@ -17,8 +17,9 @@ import pytest
 from ccnet.model.files import file_sha256
 from ccnet.service.core.config import Settings
 from ccnet.service.metrics import ServiceMetrics
-from ccnet.service.registry import ModelLoadError, ModelRegistry, ServedImageModel
+from ccnet.service.registry import ModelRegistry
 from ccnet.service.reload import LoadFailure, ModelVersion, ModelWatcher
+from ccnet.service.served import ModelLoadError, ServedImageModel
 from tests.service.conftest import png_bytes
 from tests.service.live import serve
 

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from ccnet.inference.render import ImageOutput, OverlayFormat, RenderOptions, render_image
-from ccnet.inference.segmenter import Segmenter
 from ccnet.service.api.acceptance import accept_image
 from ccnet.service.api.deps import ApiKey, ImageModelDep
 from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
@@ -63,7 +62,7 @@ async def segment_image(
     options = RenderOptions(alpha=alpha, image_format=format, rle=rle, legend=legend)
     async with accept_image(request, served, output) as accepted:
         work, rgb = accepted.work, accepted.rgb
-        segmenter = Segmenter(served.backend, max_side=work.settings.max_side)
+        segmenter = served.segmenter
         _, prepared = await work.run(lambda: segmenter.prepare(rgb, size=accepted.size))
         result = await work.queue(lambda deadline: served.batcher.submit(prepared.pixels, deadline))
         inference_ms = result.seconds * 1e3

@@ -36,15 +36,15 @@ from fastapi.routing import APIRoute
 
 from ccnet.inference.codecs import ImageDecodeError, ImageTooLargeError, decode_image
 from ccnet.inference.pipeline import logits_to_size
-from ccnet.inference.segmenter import Segmenter
 from ccnet.service.admission import OverBudgetError, Reservation
 from ccnet.service.api.acceptance import Work, overloaded
-from ccnet.service.api.deps import ApiKey, RegistryDep, StateDep, readiness_error
+from ccnet.service.api.deps import ApiKey, RegistryDep, StateDep, leased, readiness_error
 from ccnet.service.api.errors import ApiError
 from ccnet.service.api.upload import UploadLimits, read_upload
 from ccnet.service.core.deadline import Deadline
 from ccnet.service.costs import ImageHeader, image_cost
-from ccnet.service.registry import ModelRegistry, ServedImageModel
+from ccnet.service.registry import ModelRegistry
+from ccnet.service.served import ServedImageModel
 
 __all__ = ["router"]
 
@@ -135,12 +135,7 @@ def _served(registry: ModelRegistry, name: str, version: str | None) -> ServedIm
 def _model(
     registry: RegistryDep, model_name: ModelPath, version: str | None = None
 ) -> Iterator[ServedImageModel]:
-    # leased for the request, so a hot reload closes a replaced model only after it
-    served = registry.lease(lambda: _served(registry, model_name, version))
-    try:
-        yield served
-    finally:
-        served.release()
+    yield from leased(registry, lambda: _served(registry, model_name, version))
 
 
 ModelDep = Annotated[ServedImageModel, Depends(_model)]
@@ -461,7 +456,7 @@ async def _segment(
 ) -> tuple[dict[str, np.ndarray], float]:
     """Every image through the micro-batcher (they share batches with /v1 requests); the
     stacked outputs and the longest batch's forward time."""
-    segmenter = Segmenter(served.backend, max_side=work.settings.max_side)
+    segmenter = served.segmenter
     prepared = [await work.run(segmenter.prepare, image) for image in parsed.images]
     results = await asyncio.gather(
         *(

@@ -6,9 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from ccnet.inference.backends.base import InferenceBackend
 from ccnet.inference.render import ClipOutput, ClipOverlayFormat, RenderOptions, render_clip
-from ccnet.inference.segmenter import ClipSegmentation, ClipSegmenter
 from ccnet.service.api.acceptance import accept_clip
 from ccnet.service.api.deps import ApiKey, VideoModelDep
 from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
@@ -57,15 +55,9 @@ async def segment_video(
     options = RenderOptions(alpha=alpha, clip_format=format, legend=legend)
     async with accept_clip(request, served, output) as accepted:
         work, clip = accepted.work, accepted.clip
-        settings = work.settings
-
-        def segment(backend: InferenceBackend) -> ClipSegmentation:
-            segmenter = ClipSegmenter(
-                backend, max_side=settings.max_video_side, overlap=settings.video_overlap
-            )
-            return segmenter.segment(clip.frames)
-
-        result = await accepted.segment(segment)
+        result = await accepted.submit(
+            lambda deadline: served.submit_clip(clip.frames, deadline, claimed=True)
+        )
 
         def render() -> tuple[bytes, str]:
             rendered = render_clip(output, clip.frames, clip.fps, result, info, options)
