@@ -13,8 +13,9 @@ load a model. Names below are loaded on first use, so ``import ccnet.inference``
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ccnet._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ccnet.inference.options import LoadOptions
@@ -35,11 +36,4 @@ _EXPORTS = {
 
 __all__ = ["ClipSegmentation", "ClipSegmenter", "LoadOptions", "Segmentation", "Segmenter"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ccnet.inference' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports("ccnet.inference", _EXPORTS, globals())

@@ -15,6 +15,7 @@ from typing import Literal
 
 from ccnet.export.runtime.formats import (
     BACKENDS,
+    DEFAULT_CLIP_WINDOW,
     ENGINE_SUFFIXES,
     MODEL_SUFFIXES,
     BackendName,
@@ -24,7 +25,6 @@ from ccnet.export.runtime.formats import (
 __all__ = [
     "BACKENDS",
     "DEFAULT_CLIP_WINDOW",
-    "DEFAULT_MAX_PIXELS",
     "ENGINE_SUFFIXES",
     "MODEL_SUFFIXES",
     "PRECISIONS",
@@ -40,10 +40,6 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "int8", "fp16"]
 
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "int8", "fp16")
-# frames per window of a clip model whose metadata does not say (CCNet3D's default)
-DEFAULT_CLIP_WINDOW = 4
-# 40 MP: larger than any camera image, far below a decompression bomb
-DEFAULT_MAX_PIXELS = 40_000_000
 # auto: one forward pass per core (see LoadOptions.parallelism)
 _CPU_THREADS_PER_WORKER = 1
 

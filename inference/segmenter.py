@@ -127,6 +127,16 @@ class ClipSegmentation:
         return {str(s["name"]): float(s["fraction"]) for s in stats}  # type: ignore[arg-type]
 
 
+def _open(
+    path: str | os.PathLike[str], options: LoadOptions | None, name: str | None, **fields: Any
+) -> InferenceBackend:
+    """``from_file``'s load: ``options`` with the keyword arguments' fields, through the facade
+    (which prepares an export first where the backend needs one)."""
+    from ccnet.inference.facade import open_backend
+
+    return open_backend(path, (options or LoadOptions()).replace(**fields), name=name)
+
+
 class _Base:
     """What both segmenters share: the backend, its model description and cleanup."""
 
@@ -213,12 +223,9 @@ class Segmenter(_Base):
             FileNotFoundError: no such file, and not a bundled name.
             ValueError: the file cannot be loaded, or it holds a clip (CCNet3D) model.
         """
-        from ccnet.inference.facade import open_backend
-
-        options = (options or LoadOptions()).replace(
-            backend=backend, device=device, precision=precision, max_side=max(8, max_side)
-        )
-        return cls(open_backend(path, options, name=name), max_side=max_side)
+        fields = {"backend": backend, "device": device, "precision": precision}
+        loaded = _open(path, options, name, **fields, max_side=max(8, max_side))
+        return cls(loaded, max_side=max_side)
 
     @classmethod
     def from_model(
@@ -350,12 +357,9 @@ class ClipSegmenter(_Base):
     ) -> ClipSegmenter:
         """Load a CCNet3D checkpoint, ONNX export or engine, or ``"ccnet3d-tiny"`` (see
         ``Segmenter.from_file``)."""
-        from ccnet.inference.facade import open_backend
-
-        options = (options or LoadOptions()).replace(
-            backend=backend, device=device, precision=precision, max_video_side=max(8, max_side)
-        )
-        return cls(open_backend(path, options, name=name), max_side=max_side, overlap=overlap)
+        fields = {"backend": backend, "device": device, "precision": precision}
+        loaded = _open(path, options, name, **fields, max_video_side=max(8, max_side))
+        return cls(loaded, max_side=max_side, overlap=overlap)
 
     def segment(
         self, frames: np.ndarray, *, before_window: Callable[[], None] | None = None

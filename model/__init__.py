@@ -14,8 +14,9 @@ The names below are loaded on first use, so importing a light submodule (``ccnet
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ccnet._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ccnet.model.ccnet import CCNet, CCNet3D
@@ -53,15 +54,4 @@ __all__ = [
     "save_checkpoint",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ccnet.model' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports("ccnet.model", _EXPORTS, globals())

@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = [
     "ensure_writable_dir",
     "file_key",
@@ -104,6 +102,8 @@ def save_torch_atomic(path: PathLike, payload: Any) -> Path:
     disk; keep payloads plain so they load with ``torch.load(weights_only=True)``.
     """
     buffer = io.BytesIO()
+    import torch  # here only: the file helpers serve light importers too (hashes, JSON)
+
     torch.save(payload, buffer)
     return write_bytes_atomic(path, buffer.getvalue())
 

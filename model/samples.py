@@ -9,8 +9,10 @@ is downloaded: scikit-image carries these files.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["SAMPLE_IMAGES", "sample_photograph"]
 
@@ -20,6 +22,8 @@ SAMPLE_IMAGES = ("astronaut", "coffee", "camera")
 
 @functools.cache
 def _load(name: str) -> np.ndarray:
+    import numpy as np  # here: the command line reads SAMPLE_IMAGES without loading numpy
+
     try:
         import skimage.data
     except ImportError:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ccnet.export.runtime import availability
+from ccnet.export.runtime.formats import DEFAULT_CLIP_WINDOW
 from ccnet.export.runtime.plugins import plugin_sha256
 from ccnet.export.runtime.sidecar import read_engine_sidecar, read_sidecar
 from ccnet.model.files import file_sha256
@@ -94,7 +95,9 @@ def engine_profile(sidecar: dict[str, Any], limits: ServeLimits) -> tuple[Shape,
     video = len(sidecar["inputs"][0]["shape"]) == 5
     side = -(-(limits.max_video_side if video else limits.max_side) // 8) * 8
     batch = 1 if video else limits.max_batch_size
-    frames = int(sidecar.get("model", {}).get("config", {}).get("clip_length") or 4)
+    frames = int(
+        sidecar.get("model", {}).get("config", {}).get("clip_length") or DEFAULT_CLIP_WINDOW
+    )
     lead = (batch, 3, frames) if video else (batch, 3)
     low = (1, 3, 1) if video else (1, 3)
     opt = min(side, 512)

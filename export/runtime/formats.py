@@ -10,13 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "MODEL_SUFFIXES", "BackendName", "backend_for_file"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_CLIP_WINDOW",
+    "ENGINE_SUFFIXES",
+    "MODEL_SUFFIXES",
+    "BackendName",
+    "backend_for_file",
+]
 
 BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 BACKENDS: tuple[BackendName, ...] = ("torch", "onnxruntime", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan")
 # every file a model folder or ``--model`` may name
 MODEL_SUFFIXES = (".pt", ".onnx", *ENGINE_SUFFIXES)
+# frames per window of a clip model whose metadata records none (CCNet3D's default)
+DEFAULT_CLIP_WINDOW = 4
 
 
 def backend_for_file(path: Path) -> BackendName:

@@ -16,6 +16,7 @@ import torch
 
 from ccnet.inference.backends.base import BackendError, InferenceBackend, ModelInfo, Runner
 from ccnet.inference.backends.threads import ThreadPolicy
+from ccnet.inference.precision.policy import autocast
 from ccnet.model import Normalization
 
 __all__ = ["TorchBackend", "resolve_device"]
@@ -137,6 +138,7 @@ class TorchBackend(InferenceBackend):
         if precision == "fp16":
             x = x.half()
         x = x.contiguous(memory_format=self._memory_format)
-        with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        # fp16 converted the weights (use_precision); bf16 autocasts over float32 weights
+        with autocast("bf16" if precision == "bf16" else "fp32", self._device.type):
             logits = self.model(x)
         return logits.float().cpu().numpy()

@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ccnet.inference.codecs import DEFAULT_MAX_PIXELS
 from ccnet.inference.demo import BUNDLED_MODELS
-from ccnet.inference.options import DEFAULT_MAX_PIXELS, MODEL_SUFFIXES, LoadOptions
+from ccnet.inference.options import MODEL_SUFFIXES, LoadOptions
 
 __all__ = ["BUNDLED_MODELS", "Settings", "get_settings"]
 
