@@ -62,8 +62,14 @@ from starlette.concurrency import run_in_threadpool
 
 from bench._measure import format_table
 from ccnet.inference.backends import load_backend
-from ccnet.inference.codecs import ImageDecodeError, decode_image, encode_mask_png
+from ccnet.inference.codecs import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    encode_mask_png,
+)
 from ccnet.inference.demo import BUNDLED_MODELS
+from ccnet.inference.options import LoadOptions
 from ccnet.inference.pipeline import labels_from_logits, prepare_image
 from ccnet.service.core.config import Settings
 
@@ -113,18 +119,18 @@ def baseline_app(threads: int, device: str) -> FastAPI:
     if threads:
         torch.set_num_threads(threads)
     # the naive server: fp32, every core for each forward (as the service served before)
-    settings = Settings(backend="torch", device=device, threads=threads, precision="fp32")
-    backend = load_backend(None, MODEL, settings.load_options())
+    options = LoadOptions(backend="torch", device=device, threads=threads, precision="fp32")
+    backend = load_backend(None, MODEL, options)
     backend.infer(np.full((1, 3, 64, 64), 127.0, dtype=np.float32))  # the service warms up too
     forward = {"seconds": 0.0, "count": 0}
     lock = threading.Lock()
 
     def segment(data: bytes) -> bytes:
         try:
-            rgb = decode_image(data, settings.max_pixels)
+            rgb = decode_image(data, DEFAULT_MAX_PIXELS)
         except ImageDecodeError as error:
             raise HTTPException(400, str(error)) from None
-        prepared = prepare_image(rgb, settings.max_side)
+        prepared = prepare_image(rgb, options.max_side)
         began = time.perf_counter()
         logits = backend.infer(prepared.pixels[None])[0]
         seconds = time.perf_counter() - began
@@ -629,7 +635,7 @@ def verdicts(
         retry = overload.retry_after_missing == 0
         # accepted requests wait for at most a full queue plus the batches being run (one per
         # inference worker); twice that, at the rate the server answered, is the bound
-        workers, _ = Settings(backend="torch", device=args.device).parallelism()
+        workers, _ = LoadOptions(backend="torch", device=args.device).parallelism()
         depth = args.overload_queue + workers * args.max_batch_size
         bound = 2e3 * depth / overload.throughput if overload.throughput else None
         p99 = overload.percentile(99)

@@ -13,7 +13,8 @@ from PIL import Image
 
 from ccnet.export.prepare import prepare_served
 from ccnet.inference.backends import BackendError, load_backend
-from ccnet.service.core.config import BUNDLED_MODELS, Settings
+from ccnet.inference.options import LoadOptions
+from ccnet.service.core.config import BUNDLED_MODELS
 from tests.service.conftest import make_client, png_bytes
 
 IMAGE_MODEL, VIDEO_MODEL = BUNDLED_MODELS
@@ -71,14 +72,14 @@ def test_onnxruntime_clip_matches_torch(cache_dir, gif_clip) -> None:
 
 
 def test_an_onnx_export_is_served_directly_and_named_after_its_folder(cache_dir) -> None:
-    settings = Settings(backend="onnxruntime", cache_dir=cache_dir, log_format="text")
+    settings = LoadOptions(backend="onnxruntime", cache_dir=cache_dir)
     prepare_served(IMAGE_MODEL, "onnxruntime", settings)  # what `ccnet serve` does first
-    exported = load_backend(None, IMAGE_MODEL, settings.load_options())  # .pt → the prepared export
+    exported = load_backend(None, IMAGE_MODEL, settings)  # .pt → the prepared export
     onnx_path = Path(exported.info.source)
     assert onnx_path.suffix == ".onnx"
-    direct = load_backend("street", onnx_path, settings.load_options())
+    direct = load_backend("street", onnx_path, settings)
     assert direct.info.name == "street" and direct.info.kind == "image"
-    assert load_backend(None, onnx_path, settings.load_options()).info.name == "ccnet-tiny"
+    assert load_backend(None, onnx_path, settings).info.name == "ccnet-tiny"
 
 
 def test_tensorrt_falls_back_to_onnxruntime_without_tensorrt(cache_dir, caplog) -> None:
@@ -89,10 +90,10 @@ def test_tensorrt_falls_back_to_onnxruntime_without_tensorrt(cache_dir, caplog) 
         pytest.skip("TensorRT is installed here: the fallback is not exercised")
     except ImportError:
         pass
-    settings = Settings(backend="tensorrt", cache_dir=cache_dir, log_format="text")
+    settings = LoadOptions(backend="tensorrt", cache_dir=cache_dir)
     prepare_served(IMAGE_MODEL, "tensorrt", settings)  # prepares the ONNX to fall back on
-    with caplog.at_level(logging.WARNING, logger="ccnet.service.models"):
-        backend = load_backend(None, IMAGE_MODEL, settings.load_options())
+    with caplog.at_level(logging.WARNING, logger="ccnet.inference"):
+        backend = load_backend(None, IMAGE_MODEL, settings)
     assert backend.name == "onnxruntime"
     assert any("falling back to onnxruntime" in r.getMessage() for r in caplog.records)
 
@@ -102,16 +103,16 @@ def test_wrong_pairings_are_refused_with_the_file_named(tmp_path, cache_dir) -> 
     engine.write_bytes(b"\x00" * 16)
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"\x00" * 16)
-    torch_settings = Settings(backend="torch", log_format="text")
+    torch_settings = LoadOptions(backend="torch")
     with pytest.raises(BackendError, match=r"model\.onnx.*torch backend serves checkpoints"):
-        load_backend(None, onnx_file, torch_settings.load_options())
-    ort = Settings(backend="onnxruntime", cache_dir=cache_dir, log_format="text")
+        load_backend(None, onnx_file, torch_settings)
+    ort = LoadOptions(backend="onnxruntime", cache_dir=cache_dir)
     with pytest.raises(BackendError, match=r"model\.engine.*tensorrt backend only"):
-        load_backend(None, engine, ort.load_options())
+        load_backend(None, engine, ort)
     with pytest.raises(BackendError, match="no such model file"):
-        load_backend(None, tmp_path / "missing.pt", torch_settings.load_options())
+        load_backend(None, tmp_path / "missing.pt", torch_settings)
     with pytest.raises(BackendError, match=r"model\.onnx"):  # no sidecar beside it
-        load_backend(None, onnx_file, ort.load_options())
+        load_backend(None, onnx_file, ort)
 
 
 def test_duplicate_names_fail_the_load(tmp_path) -> None:

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from ccnet.inference.backends.threads import ThreadPolicy
+from ccnet.inference.demo import BUNDLED_MODELS
+from ccnet.inference.options import LoadOptions
 from ccnet.inference.precision.cache import GateCache
 from ccnet.inference.precision.capabilities import capabilities_from, detect_cpu, parse_cpuinfo
 from ccnet.inference.precision.gate import (
@@ -27,7 +29,7 @@ from ccnet.inference.precision.gate import (
 )
 from ccnet.inference.precision.policy import choose_precision, offered_precisions
 from ccnet.inference.precision.select import select_precision
-from ccnet.service.core.config import BUNDLED_MODELS, Settings
+from ccnet.service.core.config import Settings
 
 IMAGE_MODEL = BUNDLED_MODELS[0]
 
@@ -49,7 +51,7 @@ def ort_cache(tmp_path_factory) -> Path:
     from ccnet.export.prepare import prepare_served
 
     cache = tmp_path_factory.mktemp("ccnet-cache")
-    settings = Settings(backend="onnxruntime", cache_dir=cache, log_format="text")
+    settings = LoadOptions(backend="onnxruntime", cache_dir=cache)
     prepare_served(IMAGE_MODEL, "onnxruntime", settings)
     return cache
 
@@ -221,10 +223,8 @@ def test_bf16_on_the_demo_model_passes_the_parity_gate(tmp_path) -> None:
     from ccnet.inference.backends import load_backend
 
     # one thread: the figures do not depend on it, and a shared CI machine stays responsive
-    settings = Settings(
-        backend="torch", precision="bf16", cache_dir=tmp_path, threads=1, log_format="text"
-    )
-    backend = load_backend(None, IMAGE_MODEL, settings.load_options())
+    settings = LoadOptions(backend="torch", precision="bf16", cache_dir=tmp_path, threads=1)
+    backend = load_backend(None, IMAGE_MODEL, settings)
     figures = backend.precision_choice.figures["bf16"]
     assert figures.photo_agreement >= GATE_MIN_AGREEMENT, figures.summary()
     assert figures.val_agreement >= GATE_MIN_AGREEMENT, figures.summary()
@@ -237,10 +237,8 @@ def test_bf16_on_the_demo_model_passes_the_parity_gate(tmp_path) -> None:
 def test_auto_on_torch_never_serves_a_failing_path(tmp_path) -> None:
     from ccnet.inference.backends import load_backend
 
-    settings = Settings(
-        backend="torch", precision="auto", cache_dir=tmp_path, threads=1, log_format="text"
-    )
-    backend = load_backend(None, IMAGE_MODEL, settings.load_options())
+    settings = LoadOptions(backend="torch", precision="auto", cache_dir=tmp_path, threads=1)
+    backend = load_backend(None, IMAGE_MODEL, settings)
     choice = backend.precision_choice
     assert choice.offered == offered_precisions("torch", "cpu")
     chosen = choice.figures.get(backend.precision)
@@ -253,11 +251,9 @@ def test_int8_onnxruntime_model_is_quantized_and_gated(ort_cache, caplog) -> Non
     from ccnet.inference.backends import load_backend
 
     tmp_path = ort_cache
-    settings = Settings(
-        backend="onnxruntime", precision="int8", cache_dir=tmp_path, log_format="text"
-    )
-    with caplog.at_level(logging.INFO, logger="ccnet.service.models"):
-        backend = load_backend(None, IMAGE_MODEL, settings.load_options())
+    settings = LoadOptions(backend="onnxruntime", precision="int8", cache_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="ccnet.inference"):
+        backend = load_backend(None, IMAGE_MODEL, settings)
     assert backend.precision == "int8"
     (int8_file,) = tmp_path.glob("int8/*/model.onnx")
     graph = onnx.load(int8_file).graph
@@ -272,8 +268,8 @@ def test_int8_onnxruntime_model_is_quantized_and_gated(ort_cache, caplog) -> Non
     assert figures.miou_fp32 - figures.miou <= 2 * GATE_MAX_MIOU_DROP, figures.summary()
     if not figures.passed:
         assert any("fails the parity gate" in r.getMessage() for r in caplog.records)
-        auto = Settings(backend="onnxruntime", cache_dir=tmp_path, log_format="text")
-        assert load_backend(None, IMAGE_MODEL, auto.load_options()).precision == "fp32"
+        auto = LoadOptions(backend="onnxruntime", cache_dir=tmp_path)
+        assert load_backend(None, IMAGE_MODEL, auto).precision == "fp32"
 
 
 # ------------------------------------------------------------------------ thread policy
@@ -363,10 +359,8 @@ def test_bf16_is_autocast_on_the_same_weights() -> None:
 def test_onnxruntime_backend_keeps_one_session_per_thread_count(ort_cache) -> None:
     from ccnet.inference.backends import load_backend
 
-    settings = Settings(
-        backend="onnxruntime", precision="fp32", cache_dir=ort_cache, log_format="text"
-    )
-    backend = load_backend(None, IMAGE_MODEL, settings.load_options())
+    settings = LoadOptions(backend="onnxruntime", precision="fp32", cache_dir=ort_cache)
+    backend = load_backend(None, IMAGE_MODEL, settings)
     policy = backend.thread_policy
     assert policy is not None
     assert {key for key in backend._sessions} == {("fp32", width) for width in policy.widths}
