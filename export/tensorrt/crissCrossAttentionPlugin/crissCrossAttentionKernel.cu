@@ -598,13 +598,51 @@ __global__ void __launch_bounds__(kThreads) aggregateSimtKernel(T const* __restr
     }
 }
 
-//! Tensor-core (WMMA, fp16 in, fp32 accumulate) aggregation. Per block kLines lines x
-//! kChannels channels x kPositions positions, keys in chunks of kKeys; each warp owns
-//! kWarpC x kWarpX 16x16 accumulator tiles of one line. The next chunk is fetched into
-//! registers while the current one is multiplied.
-template <int Lines, int Channels, int Positions, int Keys, int WarpC, int WarpX>
+//! Tensor-core (WMMA) aggregation: one kernel over element traits (Fp16Mma, Tf32Mma). Per block
+//! kLines lines x kChannels channels x kPositions positions, keys in chunks of kKeys; each warp
+//! owns kWarpC x kWarpX 16x16 fp32 accumulator tiles of one line. The traits give the WMMA key
+//! step, the shared row padding, the epilogue rounds, the architecture and the Stager (how a
+//! chunk gets into shared memory, defined with the kernel).
+//!
+//! fp16, sm_70+, two blocks per SM (so the accumulators leave one tile row per round). Rows of
+//! keys + 8 halfs: a multiple of 8 (WMMA ldm), not of 64 B; with several lines, 32 more bytes
+//! per value line (8 per output line) spread the lines over the banks, tiles 32-byte aligned.
+struct Fp16Mma
+{
+    using Element = __half;
+    static constexpr int kMinComputeMajor = 7;
+    static constexpr int kMinBlocksPerSm = 2;
+    static constexpr int kKeyStep = 16;
+    static constexpr int kRowPad = 8;
+    static constexpr int kValueLinePad = 16;
+    static constexpr int kOutLinePad = 8;
+    static constexpr bool kEpilogueByTileRow = true;
+    template <typename Cfg>
+    struct Stager;
+};
+
+//! fp32 as TF32 (10 mantissa bits), opt-in (Aggregation::kTensorCoreTf32), sm_80+, no minimum
+//! of blocks per SM. Rows of 16 keys + 4 floats: a multiple of 4 (WMMA ldm), 80 bytes, so every
+//! 16-row tile starts 32-byte aligned and consecutive rows fall on different banks.
+struct Tf32Mma
+{
+    using Element = float;
+    static constexpr int kMinComputeMajor = 8;
+    static constexpr int kMinBlocksPerSm = 0;
+    static constexpr int kKeyStep = 8;
+    static constexpr int kRowPad = 4;
+    static constexpr int kValueLinePad = 0;
+    static constexpr int kOutLinePad = 0;
+    static constexpr bool kEpilogueByTileRow = false;
+    template <typename Cfg>
+    struct Stager;
+};
+
+template <typename Traits, int Lines, int Channels, int Positions, int Keys, int WarpC, int WarpX>
 struct TensorCoreConfig
 {
+    using Mma = Traits;
+    using Element = typename Traits::Element;
     static constexpr int kLines = Lines;
     static constexpr int kChannels = Channels;
     static constexpr int kPositions = Positions;
@@ -613,390 +651,373 @@ struct TensorCoreConfig
     static constexpr int kWarpX = WarpX;
     static constexpr int kWarpsC = Channels / 16 / WarpC;
     static constexpr int kWarpsX = Positions / 16 / WarpX;
-    //! Shared row length in halfs: a multiple of 8 (WMMA ldm) that is not a multiple of 64 B.
-    static constexpr int kRow = Keys + 8;
-    //! Halfs per line of the value tile; with several lines, 32 extra bytes spread the lines
-    //! over the banks and keep every 16x16 tile 32-byte aligned.
-    static constexpr int kValueLine = Channels * kRow + (Lines > 1 ? 16 : 0);
+    //! Shared operands: values [line][channel][key] and probabilities [line][position][key].
+    static constexpr int kRow = kKeys + Traits::kRowPad;
+    static constexpr int kValueLine = Channels * kRow + (Lines > 1 ? Traits::kValueLinePad : 0);
     static constexpr int kProbLine = Positions * kRow;
-    //! Epilogue: the accumulators go through shared memory one channel round at a time.
-    static constexpr int kRoundChannels = kWarpsC * 16;
+    //! Epilogue: accumulators -> shared memory (aliasing the operands; fp32 [line][channel]
+    //! [position]) -> out, in rounds of kRoundRows tile rows of every warp.
+    static constexpr int kRoundRows = Traits::kEpilogueByTileRow ? 1 : WarpC;
+    static constexpr int kRoundChannels = kWarpsC * kRoundRows * 16;
     static constexpr int kOutRow = Positions + 4;
-    static constexpr int kOutLine = kRoundChannels * kOutRow + (Lines > 1 ? 8 : 0);
-    static constexpr int kValuesPerThread = Lines * Channels * Keys / kThreads;
-    static constexpr int kVectorsPerRow = Keys / 8;
-    static constexpr int kVectorsPerThread = Lines * Positions * kVectorsPerRow / kThreads;
-    static constexpr int kTileBytes = Lines * (kValueLine + kProbLine) * 2;
-    static constexpr int kOutBytes = Lines * kOutLine * 4;
+    static constexpr int kOutLine = kRoundChannels * kOutRow + (Lines > 1 ? Traits::kOutLinePad : 0);
+    static constexpr int kTileBytes = Lines * (kValueLine + kProbLine) * static_cast<int>(sizeof(Element));
+    static constexpr int kOutBytes = Lines * kOutLine * static_cast<int>(sizeof(float));
     static constexpr int kSharedBytes = kTileBytes > kOutBytes ? kTileBytes : kOutBytes;
     static_assert(Lines * kWarpsC * kWarpsX == kWarps, "every warp owns one set of tiles");
-    static_assert(Keys % 16 == 0 && Channels % 16 == 0 && Positions % 16 == 0, "16x16x16 tiles");
-    static_assert(kValuesPerThread * kThreads == Lines * Channels * Keys && kValuesPerThread % 2 == 0,
-        "even value loads, in pairs");
-    static_assert(kVectorsPerThread * kThreads == Lines * Positions * kVectorsPerRow, "even vector loads");
-    static_assert(kThreads % (Lines * Keys) == 0 && kThreads % (kVectorsPerRow * Positions) == 0,
-        "each thread keeps its (line, key) and (line, position) slots across loads");
+    static_assert(Channels % (16 * kWarpC) == 0 && Positions % (16 * kWarpX) == 0, "16x16 tiles");
+    static_assert(kKeys % Traits::kKeyStep == 0, "whole WMMA steps per chunk");
+    static_assert(kSharedBytes <= kDefaultSharedBytes - 1024, "static shared memory");
 };
 
-using TensorCoreInnermost = TensorCoreConfig<1, 128, 64, 32, 1, 4>;
-using TensorCoreStrided = TensorCoreConfig<8, 32, 32, 16, 2, 2>;
-
-template <typename Cfg>
-__global__ void __launch_bounds__(kThreads, 2) aggregateTensorCoreKernel(__half const* __restrict__ v,
-    __half const* __restrict__ probs, RowStats<float> const* __restrict__ stats, __half* __restrict__ out,
-    float* __restrict__ partial, Problem problem, int axisIndex, bool accumulate, bool last)
+//! The tensor-core tiles of each element type: innermost axis, other axes.
+template <typename T>
+struct TensorCoreTiles
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-    using namespace nvcuda;
-    constexpr int kL = Cfg::kLines;
-    constexpr int kC = Cfg::kChannels;
-    constexpr int kX = Cfg::kPositions;
-    constexpr int kK = Cfg::kKeys;
-    constexpr int kRow = Cfg::kRow;
-    __shared__ __align__(128) unsigned char shared[Cfg::kSharedBytes];
-    __shared__ float scale[kL * kX];
-    __half* vs = reinterpret_cast<__half*>(shared);
-    __half* ps = vs + kL * Cfg::kValueLine;
-    float* os = reinterpret_cast<float*>(shared); // epilogue only: aliases vs / ps
+    using Innermost = TensorCoreConfig<Tf32Mma, 1, 64, 64, 16, 2, 1>;
+    using Strided = TensorCoreConfig<Tf32Mma, 8, 32, 16, 16, 2, 1>;
+};
+template <>
+struct TensorCoreTiles<__half>
+{
+    using Innermost = TensorCoreConfig<Fp16Mma, 1, 128, 64, 32, 1, 4>;
+    using Strided = TensorCoreConfig<Fp16Mma, 8, 32, 32, 16, 2, 2>;
+};
 
-    Axis const axis = axisOf(problem, axisIndex);
-    int const length = axis.length;
-    int const channels = problem.valueChannels;
-    int64_t const plane = spatialSize(problem);
-    BlockTile const bt = decodeTile(axis, kX, kL, (channels + kC - 1) / kC, kC);
-    int64_t const base = (bt.batch * channels) * plane + bt.outer * length * axis.inner + bt.inner0;
+//! What a Stager reads and writes: this block's tile, its sources, the pixels' joint-softmax
+//! weights and the shared operands.
+template <typename Cfg>
+struct ChunkSource
+{
+    typename Cfg::Element const* v;
+    typename Cfg::Element const* probs;
+    float const* scale;
+    typename Cfg::Element* vs;
+    typename Cfg::Element* ps;
+    Axis axis;
+    BlockTile bt;
+    int64_t base;
+    int64_t plane;
+    int channels;
+};
 
-    loadJointScales<kL, kX>(scale, stats, problem, axis, axisIndex, bt);
+// A Stager's hooks in the key loop: prologue() once before it; beforeMma(y0) returns with chunk
+// y0 in shared memory (after a barrier); afterMma(y0) runs once every warp is done with chunk y0.
+// The WMMA types exist from sm_70 (TF32 from sm_80).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
 
+//! fp16: chunk 0 before the loop; then the next chunk is fetched into registers (values in
+//! pairs, probabilities as 16-byte vectors) before the MMA on this one and stashed after it.
+//! Values are copied; probabilities are scaled by the joint-softmax weight and rounded to fp16.
+template <typename Cfg>
+struct Fp16Mma::Stager
+{
+    using Operand = __half;
+    static constexpr int kL = Cfg::kLines;
+    static constexpr int kX = Cfg::kPositions;
+    static constexpr int kK = Cfg::kKeys;
+    static constexpr int kRow = Cfg::kRow;
+    static constexpr int kValuesPerThread = kL * Cfg::kChannels * kK / kThreads;
+    static constexpr int kVectorsPerRow = kK / 8;
+    static constexpr int kVectorsPerThread = kL * kX * kVectorsPerRow / kThreads;
+    static constexpr int kValueChannelStep = kThreads / (kL * kK);
+    static constexpr int kVectorLineStep = kThreads / (kVectorsPerRow * kX);
+    static_assert(kK % 16 == 0, "8-key vectors in rows padded to 16 keys");
+    static_assert(kValuesPerThread * kThreads == kL * Cfg::kChannels * kK && kValuesPerThread % 2 == 0,
+        "even value loads, in pairs");
+    static_assert(kVectorsPerThread * kThreads == kL * kX * kVectorsPerRow, "even vector loads");
+    static_assert(kThreads % (kL * kK) == 0 && kThreads % (kVectorsPerRow * kX) == 0,
+        "each thread keeps its (line, key) and (line, position) slots across loads");
+
+    ChunkSource<Cfg> src;
     // Every thread loads the same (line, key) / (line, position, part) slots in each chunk:
     // the per-thread coordinates and row offsets are fixed once, outside the key loop.
-    int const t = threadIdx.x;
-    int const valueLine = t % kL;
-    int const valueKey = (t / kL) % kK;
-    int const valueChannel = t / (kL * kK);
-    constexpr int kValueChannelStep = kThreads / (kL * kK);
-    bool const valueLineInside = bt.inner0 + valueLine < axis.inner;
-    int const vectorPart = t % Cfg::kVectorsPerRow;
-    int const vectorPosition = (t / Cfg::kVectorsPerRow) % kX;
-    int const vectorLine = t / (Cfg::kVectorsPerRow * kX);
-    constexpr int kVectorLineStep = kThreads / (Cfg::kVectorsPerRow * kX);
-    int64_t vectorRow[Cfg::kVectorsPerThread];
-    bool vectorInside[Cfg::kVectorsPerThread];
-#pragma unroll
-    for (int i = 0; i < Cfg::kVectorsPerThread; ++i)
-    {
-        int const r = vectorLine + i * kVectorLineStep;
-        vectorInside[i] = bt.pos0 + vectorPosition < length && bt.inner0 + r < axis.inner;
-        vectorRow[i] = vectorInside[i]
-            ? probabilityRow(axis, lineIndex(axis, bt.batch, bt.outer, bt.inner0 + r), bt.pos0 + vectorPosition)
-                + vectorPart * 8
-            : 0;
-    }
-
+    int thread = threadIdx.x;
+    int valueLine = thread % kL;
+    int valueKey = (thread / kL) % kK;
+    int valueChannel = thread / (kL * kK);
+    bool valueLineInside = src.bt.inner0 + valueLine < src.axis.inner;
+    int vectorPart = thread % kVectorsPerRow;
+    int vectorPosition = (thread / kVectorsPerRow) % kX;
+    int vectorLine = thread / (kVectorsPerRow * kX);
+    int64_t vectorRow[kVectorsPerThread];
+    bool vectorInside[kVectorsPerThread];
     // Values in flight are kept in pairs (one 32-bit register each) to stay clear of spills.
-    __half2 values[Cfg::kValuesPerThread / 2];
-    uint4 vectors[Cfg::kVectorsPerThread];
-    auto fetch = [&](int y0) {
-        bool const keyInside = valueLineInside && y0 + valueKey < length;
-        __half const* source = v + base + static_cast<int64_t>(y0 + valueKey) * axis.inner + valueLine;
-        __half const zero = __float2half_rn(0.f);
+    __half2 values[kValuesPerThread / 2];
+    uint4 vectors[kVectorsPerThread];
+
+    __device__ explicit Stager(ChunkSource<Cfg> const& source)
+        : src(source)
+    {
+        BlockTile const& bt = src.bt;
+        Axis const& axis = src.axis;
 #pragma unroll
-        for (int i = 0; i < Cfg::kValuesPerThread; i += 2)
-        {
-            int const c = bt.channel0 + valueChannel + i * kValueChannelStep;
-            int const next = c + kValueChannelStep;
-            values[i / 2] = __halves2half2(keyInside && c < channels ? source[c * plane] : zero,
-                keyInside && next < channels ? source[next * plane] : zero);
-        }
-        // Rows are keyStride long (a multiple of 16, zero padded): 8 keys are either all inside
-        // the row or all past it, and every row starts 32-byte aligned.
-        bool const partInside = y0 + vectorPart * 8 < axis.keyStride;
-#pragma unroll
-        for (int i = 0; i < Cfg::kVectorsPerThread; ++i)
-        {
-            vectors[i] = vectorInside[i] && partInside
-                ? *reinterpret_cast<uint4 const*>(probs + vectorRow[i] + y0)
-                : make_uint4(0u, 0u, 0u, 0u);
-        }
-    };
-    auto stash = [&]() {
-#pragma unroll
-        for (int i = 0; i < Cfg::kValuesPerThread; i += 2)
-        {
-            int const c = valueChannel + i * kValueChannelStep;
-            __half* slot = vs + valueLine * Cfg::kValueLine + c * kRow + valueKey;
-            slot[0] = __low2half(values[i / 2]);
-            slot[kValueChannelStep * kRow] = __high2half(values[i / 2]);
-        }
-#pragma unroll
-        for (int i = 0; i < Cfg::kVectorsPerThread; ++i)
+        for (int i = 0; i < kVectorsPerThread; ++i)
         {
             int const r = vectorLine + i * kVectorLineStep;
-            // The joint-softmax weight of the pixel turns its numerators into probabilities.
-            float const weight = scale[r * kX + vectorPosition];
-            uint4 const packed = vectors[i];
-            uint4 const scaled = make_uint4(scaleHalfPair(packed.x, weight), scaleHalfPair(packed.y, weight),
-                scaleHalfPair(packed.z, weight), scaleHalfPair(packed.w, weight));
-            *reinterpret_cast<uint4*>(ps + r * Cfg::kProbLine + vectorPosition * kRow + vectorPart * 8) = scaled;
-        }
-    };
-
-    int const warp = t / 32;
-    int const wr = warp / (Cfg::kWarpsC * Cfg::kWarpsX);
-    int const wc = (warp / Cfg::kWarpsX) % Cfg::kWarpsC;
-    int const wx = warp % Cfg::kWarpsX;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[Cfg::kWarpC][Cfg::kWarpX];
-#pragma unroll
-    for (int i = 0; i < Cfg::kWarpC; ++i)
-    {
-#pragma unroll
-        for (int j = 0; j < Cfg::kWarpX; ++j)
-        {
-            wmma::fill_fragment(acc[i][j], 0.f);
+            vectorInside[i] = bt.pos0 + vectorPosition < axis.length && bt.inner0 + r < axis.inner;
+            vectorRow[i] = vectorInside[i]
+                ? probabilityRow(axis, lineIndex(axis, bt.batch, bt.outer, bt.inner0 + r), bt.pos0 + vectorPosition)
+                    + vectorPart * 8
+                : 0;
         }
     }
 
-    __syncthreads(); // scale is ready
-    fetch(0);
-    stash();
-    __syncthreads();
-    for (int y0 = 0; y0 < length; y0 += kK)
+    __device__ void prologue()
     {
-        bool const more = y0 + kK < length;
-        if (more)
+        fetch(0);
+        stash();
+        __syncthreads();
+    }
+
+    __device__ void beforeMma(int y0)
+    {
+        if (y0 + kK < src.axis.length)
         {
             fetch(y0 + kK); // in flight while the tensor cores work on this chunk
         }
-#pragma unroll
-        for (int step = 0; step < kK / 16; ++step)
-        {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[Cfg::kWarpX];
-#pragma unroll
-            for (int j = 0; j < Cfg::kWarpX; ++j)
-            {
-                // B(key, position) = p[position][key]: column-major with the key row contiguous.
-                wmma::load_matrix_sync(
-                    b[j], ps + wr * Cfg::kProbLine + (wx * Cfg::kWarpX + j) * 16 * kRow + step * 16, kRow);
-            }
-#pragma unroll
-            for (int i = 0; i < Cfg::kWarpC; ++i)
-            {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-                wmma::load_matrix_sync(
-                    a, vs + wr * Cfg::kValueLine + (wc * Cfg::kWarpC + i) * 16 * kRow + step * 16, kRow);
-#pragma unroll
-                for (int j = 0; j < Cfg::kWarpX; ++j)
-                {
-                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-                }
-            }
-        }
-        __syncthreads();
-        if (more)
+    }
+
+    __device__ void afterMma(int y0)
+    {
+        if (y0 + kK < src.axis.length)
         {
             stash();
             __syncthreads();
         }
     }
 
-    // Epilogue, one round per accumulator row of every warp: tiles -> shared -> out, with
-    // neighbouring threads on neighbouring memory (lines when there are several, else positions).
+    __device__ void fetch(int y0)
+    {
+        bool const keyInside = valueLineInside && y0 + valueKey < src.axis.length;
+        __half const* source = src.v + src.base + static_cast<int64_t>(y0 + valueKey) * src.axis.inner + valueLine;
+        __half const zero = __float2half_rn(0.f);
 #pragma unroll
-    for (int i = 0; i < Cfg::kWarpC; ++i)
+        for (int i = 0; i < kValuesPerThread; i += 2)
+        {
+            int const c = src.bt.channel0 + valueChannel + i * kValueChannelStep;
+            int const next = c + kValueChannelStep;
+            values[i / 2] = __halves2half2(keyInside && c < src.channels ? source[c * src.plane] : zero,
+                keyInside && next < src.channels ? source[next * src.plane] : zero);
+        }
+        // Rows are keyStride long (a multiple of 16, zero padded): 8 keys are either all inside
+        // the row or all past it, and every row starts 32-byte aligned.
+        bool const partInside = y0 + vectorPart * 8 < src.axis.keyStride;
+#pragma unroll
+        for (int i = 0; i < kVectorsPerThread; ++i)
+        {
+            vectors[i] = vectorInside[i] && partInside
+                ? *reinterpret_cast<uint4 const*>(src.probs + vectorRow[i] + y0)
+                : make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+
+    __device__ void stash()
     {
 #pragma unroll
-        for (int j = 0; j < Cfg::kWarpX; ++j)
+        for (int i = 0; i < kValuesPerThread; i += 2)
         {
-            wmma::store_matrix_sync(os + wr * Cfg::kOutLine + wc * 16 * Cfg::kOutRow + (wx * Cfg::kWarpX + j) * 16,
-                acc[i][j], Cfg::kOutRow, wmma::mem_row_major);
+            int const c = valueChannel + i * kValueChannelStep;
+            __half* slot = src.vs + valueLine * Cfg::kValueLine + c * kRow + valueKey;
+            slot[0] = __low2half(values[i / 2]);
+            slot[kValueChannelStep * kRow] = __high2half(values[i / 2]);
         }
-        __syncthreads();
-        for (int e = t; e < kL * Cfg::kRoundChannels * kX; e += kThreads)
+#pragma unroll
+        for (int i = 0; i < kVectorsPerThread; ++i)
         {
-            int const r = kL > 1 ? e % kL : 0;
-            int const x = kL > 1 ? (e / kL) % kX : e % kX;
-            int const local = kL > 1 ? e / (kL * kX) : e / kX;
-            int const c = bt.channel0 + ((local / 16) * Cfg::kWarpC + i) * 16 + local % 16;
-            if (c < channels && bt.pos0 + x < length && bt.inner0 + r < axis.inner)
-            {
-                int64_t const index = base + c * plane + static_cast<int64_t>(bt.pos0 + x) * axis.inner + r;
-                storeSum<__half>(
-                    out, partial, index, os[r * Cfg::kOutLine + local * Cfg::kOutRow + x], accumulate, last);
-            }
+            int const r = vectorLine + i * kVectorLineStep;
+            // The joint-softmax weight of the pixel turns its numerators into probabilities.
+            float const weight = src.scale[r * kX + vectorPosition];
+            uint4 const packed = vectors[i];
+            uint4 const scaled = make_uint4(scaleHalfPair(packed.x, weight), scaleHalfPair(packed.y, weight),
+                scaleHalfPair(packed.z, weight), scaleHalfPair(packed.w, weight));
+            *reinterpret_cast<uint4*>(src.ps + r * Cfg::kProbLine + vectorPosition * kRow + vectorPart * 8) = scaled;
         }
-        __syncthreads();
     }
-#else
-    // Never launched: the host selects this kernel only on sm_70 and newer.
-    __trap();
-#endif
-}
-
-
-//! TF32 tensor-core aggregation for fp32 (opt-in: Aggregation::kTensorCoreTf32, sm_80+). Values
-//! and probabilities are rounded to TF32 (10 mantissa bits) when staged in shared memory, the
-//! products accumulate in fp32 (WMMA 16x16x8). Per block kLines lines x kChannels channels x
-//! kPositions positions, keys in chunks of 16; each warp owns kWarpC x kWarpX tiles of one line.
-template <int Lines, int Channels, int Positions, int WarpC, int WarpX>
-struct Tf32Config
-{
-    static constexpr int kLines = Lines;
-    static constexpr int kChannels = Channels;
-    static constexpr int kPositions = Positions;
-    static constexpr int kKeys = 16;
-    static constexpr int kWarpC = WarpC;
-    static constexpr int kWarpX = WarpX;
-    static constexpr int kWarpsC = Channels / 16 / WarpC;
-    static constexpr int kWarpsX = Positions / 16 / WarpX;
-    //! Shared rows of 16 keys + 4: a multiple of 4 floats (WMMA ldm), 80 bytes, so every 16-row
-    //! tile starts 32-byte aligned and consecutive rows fall on different banks.
-    static constexpr int kRow = kKeys + 4;
-    static constexpr int kValueLine = Channels * kRow;
-    static constexpr int kProbLine = Positions * kRow;
-    static constexpr int kOutRow = Positions + 4;
-    static constexpr int kOutLine = Channels * kOutRow;
-    static constexpr int kTileFloats = Lines * (kValueLine + kProbLine);
-    static constexpr int kOutFloats = Lines * kOutLine;
-    static constexpr int kSharedFloats = kTileFloats > kOutFloats ? kTileFloats : kOutFloats;
-    static_assert(Lines * kWarpsC * kWarpsX == kWarps, "every warp owns one set of tiles");
-    static_assert(Channels % (16 * kWarpC) == 0 && Positions % (16 * kWarpX) == 0, "16x16 tiles");
-    static_assert(kSharedFloats * 4 <= kDefaultSharedBytes - 1024, "static shared memory");
 };
 
-using Tf32Innermost = Tf32Config<1, 64, 64, 2, 1>;
-using Tf32Strided = Tf32Config<8, 32, 16, 2, 1>;
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 
+//! TF32: each chunk is loaded straight into shared memory before its MMA, values and
+//! probabilities (after the joint-softmax weight) rounded to TF32; nothing is fetched ahead.
 template <typename Cfg>
-__global__ void __launch_bounds__(kThreads) aggregateTf32Kernel(float const* __restrict__ v,
-    float const* __restrict__ probs, RowStats<float> const* __restrict__ stats, float* __restrict__ out,
-    float* __restrict__ partial, Problem problem, int axisIndex, bool accumulate, bool last)
+struct Tf32Mma::Stager
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    using namespace nvcuda;
-    constexpr int kL = Cfg::kLines;
-    constexpr int kC = Cfg::kChannels;
-    constexpr int kX = Cfg::kPositions;
-    constexpr int kK = Cfg::kKeys;
-    constexpr int kRow = Cfg::kRow;
-    __shared__ __align__(128) float shared[Cfg::kSharedFloats];
-    __shared__ float scale[kL * kX];
-    float* vs = shared;                      // [line][channel][key]
-    float* ps = shared + kL * Cfg::kValueLine; // [line][position][key]
-    float* os = shared;                      // epilogue only: [line][channel][position]
+    using Operand = nvcuda::wmma::precision::tf32;
+    ChunkSource<Cfg> src;
 
-    Axis const axis = axisOf(problem, axisIndex);
-    int const length = axis.length;
-    int const channels = problem.valueChannels;
-    int64_t const plane = spatialSize(problem);
-    BlockTile const bt = decodeTile(axis, kX, kL, static_cast<int>((channels + kC - 1) / kC), kC);
-    int64_t const base = (bt.batch * channels) * plane + bt.outer * length * axis.inner + bt.inner0;
+    __device__ void prologue() {}
 
-    loadJointScales<kL, kX>(scale, stats, problem, axis, axisIndex, bt);
+    __device__ void afterMma(int /*y0*/) {}
 
-    int const t = threadIdx.x;
-    int const warp = t / 32;
-    int const wr = warp / (Cfg::kWarpsC * Cfg::kWarpsX);
-    int const wc = (warp / Cfg::kWarpsX) % Cfg::kWarpsC;
-    int const wx = warp % Cfg::kWarpsX;
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[Cfg::kWarpC][Cfg::kWarpX];
-#pragma unroll
-    for (int i = 0; i < Cfg::kWarpC; ++i)
+    __device__ void beforeMma(int y0)
     {
-#pragma unroll
-        for (int j = 0; j < Cfg::kWarpX; ++j)
-        {
-            wmma::fill_fragment(acc[i][j], 0.f);
-        }
-    }
-
-    for (int y0 = 0; y0 < length; y0 += kK)
-    {
-        __syncthreads(); // scale is ready / the previous chunk's readers are done
-        for (int e = t; e < kK * kL * kC; e += kThreads)
+        constexpr int kL = Cfg::kLines;
+        constexpr int kX = Cfg::kPositions;
+        constexpr int kK = Cfg::kKeys;
+        BlockTile const& bt = src.bt;
+        Axis const& axis = src.axis;
+        for (int e = threadIdx.x; e < kK * kL * Cfg::kChannels; e += kThreads)
         {
             // Lines fastest, then keys: neighbouring threads read neighbouring memory on every axis.
             int const r = e % kL;
             int const y = (e / kL) % kK;
             int const c = e / (kL * kK);
             float value = 0.f;
-            if (bt.channel0 + c < channels && y0 + y < length && bt.inner0 + r < axis.inner)
+            if (bt.channel0 + c < src.channels && y0 + y < axis.length && bt.inner0 + r < axis.inner)
             {
-                value = v[base + (bt.channel0 + c) * plane + static_cast<int64_t>(y0 + y) * axis.inner + r];
+                value = src.v[src.base + (bt.channel0 + c) * src.plane + static_cast<int64_t>(y0 + y) * axis.inner + r];
             }
-            vs[r * Cfg::kValueLine + c * kRow + y] = wmma::__float_to_tf32(value);
+            src.vs[r * Cfg::kValueLine + c * Cfg::kRow + y] = nvcuda::wmma::__float_to_tf32(value);
         }
-        for (int e = t; e < kK * kL * kX; e += kThreads)
+        for (int e = threadIdx.x; e < kK * kL * kX; e += kThreads)
         {
             int const y = e % kK;
             int const x = (e / kK) % kX;
             int const r = e / (kK * kX);
             float value = 0.f;
-            if (bt.pos0 + x < length && bt.inner0 + r < axis.inner && y0 + y < length)
+            if (bt.pos0 + x < axis.length && bt.inner0 + r < axis.inner && y0 + y < axis.length)
             {
                 int64_t const row
                     = probabilityRow(axis, lineIndex(axis, bt.batch, bt.outer, bt.inner0 + r), bt.pos0 + x);
-                value = probs[row + y0 + y] * scale[r * kX + x];
+                value = src.probs[row + y0 + y] * src.scale[r * kX + x];
             }
-            ps[r * Cfg::kProbLine + x * kRow + y] = wmma::__float_to_tf32(value);
+            src.ps[r * Cfg::kProbLine + x * Cfg::kRow + y] = nvcuda::wmma::__float_to_tf32(value);
         }
         __syncthreads();
+    }
+};
+
+#endif // TF32
+#endif // WMMA
+
+template <typename Cfg>
+__global__ void __launch_bounds__(kThreads, Cfg::Mma::kMinBlocksPerSm) aggregateTensorCoreKernel(
+    typename Cfg::Element const* __restrict__ v, typename Cfg::Element const* __restrict__ probs,
+    RowStats<float> const* __restrict__ stats, typename Cfg::Element* __restrict__ out,
+    float* __restrict__ partial, Problem problem, int axisIndex, bool accumulate, bool last)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    if constexpr (__CUDA_ARCH__ >= Cfg::Mma::kMinComputeMajor * 100)
+    {
+        using namespace nvcuda;
+        using T = typename Cfg::Element;
+        using Stager = typename Cfg::Mma::template Stager<Cfg>;
+        constexpr int kL = Cfg::kLines;
+        constexpr int kC = Cfg::kChannels;
+        constexpr int kX = Cfg::kPositions;
+        constexpr int kK = Cfg::kKeys;
+        constexpr int kStep = Cfg::Mma::kKeyStep;
+        constexpr int kRow = Cfg::kRow;
+        constexpr int kRoundRows = Cfg::kRoundRows;
+        __shared__ __align__(128) unsigned char shared[Cfg::kSharedBytes];
+        __shared__ float scale[kL * kX];
+        T* vs = reinterpret_cast<T*>(shared);
+        T* ps = vs + kL * Cfg::kValueLine;
+        float* os = reinterpret_cast<float*>(shared); // epilogue only: aliases vs / ps
+
+        Axis const axis = axisOf(problem, axisIndex);
+        int const length = axis.length;
+        int const channels = problem.valueChannels;
+        int64_t const plane = spatialSize(problem);
+        BlockTile const bt = decodeTile(axis, kX, kL, (channels + kC - 1) / kC, kC);
+        int64_t const base = (bt.batch * channels) * plane + bt.outer * length * axis.inner + bt.inner0;
+
+        loadJointScales<kL, kX>(scale, stats, problem, axis, axisIndex, bt);
+        Stager stager{ChunkSource<Cfg>{v, probs, scale, vs, ps, axis, bt, base, plane, channels}};
+
+        int const t = threadIdx.x;
+        int const warp = t / 32;
+        int const wr = warp / (Cfg::kWarpsC * Cfg::kWarpsX);
+        int const wc = (warp / Cfg::kWarpsX) % Cfg::kWarpsC;
+        int const wx = warp % Cfg::kWarpsX;
+        wmma::fragment<wmma::accumulator, 16, 16, kStep, float> acc[Cfg::kWarpC][Cfg::kWarpX];
 #pragma unroll
-        for (int step = 0; step < kK / 8; ++step)
+        for (int i = 0; i < Cfg::kWarpC; ++i)
         {
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b[Cfg::kWarpX];
 #pragma unroll
             for (int j = 0; j < Cfg::kWarpX; ++j)
             {
-                // B(key, position) = p[position][key]: column-major with the key row contiguous.
-                wmma::load_matrix_sync(
-                    b[j], ps + wr * Cfg::kProbLine + (wx * Cfg::kWarpX + j) * 16 * kRow + step * 8, kRow);
+                wmma::fill_fragment(acc[i][j], 0.f);
             }
+        }
+
+        __syncthreads(); // scale is ready
+        stager.prologue();
+        for (int y0 = 0; y0 < length; y0 += kK)
+        {
+            stager.beforeMma(y0);
 #pragma unroll
-            for (int i = 0; i < Cfg::kWarpC; ++i)
+            for (int step = 0; step < kK / kStep; ++step)
             {
-                wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-                wmma::load_matrix_sync(
-                    a, vs + wr * Cfg::kValueLine + (wc * Cfg::kWarpC + i) * 16 * kRow + step * 8, kRow);
+                wmma::fragment<wmma::matrix_b, 16, 16, kStep, typename Stager::Operand, wmma::col_major> b[Cfg::kWarpX];
 #pragma unroll
                 for (int j = 0; j < Cfg::kWarpX; ++j)
                 {
-                    wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+                    // B(key, position) = p[position][key]: column-major with the key row contiguous.
+                    wmma::load_matrix_sync(
+                        b[j], ps + wr * Cfg::kProbLine + (wx * Cfg::kWarpX + j) * 16 * kRow + step * kStep, kRow);
+                }
+#pragma unroll
+                for (int i = 0; i < Cfg::kWarpC; ++i)
+                {
+                    wmma::fragment<wmma::matrix_a, 16, 16, kStep, typename Stager::Operand, wmma::row_major> a;
+                    wmma::load_matrix_sync(
+                        a, vs + wr * Cfg::kValueLine + (wc * Cfg::kWarpC + i) * 16 * kRow + step * kStep, kRow);
+#pragma unroll
+                    for (int j = 0; j < Cfg::kWarpX; ++j)
+                    {
+                        wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+                    }
                 }
             }
+            __syncthreads(); // chunk y0's readers are done: the next chunk, or os, may overwrite it
+            stager.afterMma(y0);
         }
-    }
 
-    __syncthreads(); // os aliases vs / ps
+        // Epilogue, in rounds of kRoundRows accumulator rows of every warp: tiles -> shared -> out,
+        // lines fastest, then positions, so that the output stores are contiguous on every axis.
 #pragma unroll
-    for (int i = 0; i < Cfg::kWarpC; ++i)
-    {
+        for (int i0 = 0; i0 < Cfg::kWarpC; i0 += kRoundRows)
+        {
 #pragma unroll
-        for (int j = 0; j < Cfg::kWarpX; ++j)
-        {
-            int const channel = (wc * Cfg::kWarpC + i) * 16;
-            int const position = (wx * Cfg::kWarpX + j) * 16;
-            wmma::store_matrix_sync(os + wr * Cfg::kOutLine + channel * Cfg::kOutRow + position, acc[i][j],
-                Cfg::kOutRow, wmma::mem_row_major);
+            for (int i = i0; i < i0 + kRoundRows; ++i)
+            {
+#pragma unroll
+                for (int j = 0; j < Cfg::kWarpX; ++j)
+                {
+                    int const row = wc * kRoundRows + i - i0; // tile row within the round
+                    wmma::store_matrix_sync(os + wr * Cfg::kOutLine + row * 16 * Cfg::kOutRow
+                            + (wx * Cfg::kWarpX + j) * 16,
+                        acc[i][j], Cfg::kOutRow, wmma::mem_row_major);
+                }
+            }
+            __syncthreads();
+            for (int e = t; e < kL * Cfg::kRoundChannels * kX; e += kThreads)
+            {
+                int const r = e % kL;
+                int const x = (e / kL) % kX;
+                int const local = e / (kL * kX);
+                // Between two warps' tile rows of this round lie kWarpC - kRoundRows of other rounds.
+                int const c = bt.channel0 + local + (local / (16 * kRoundRows)) * (Cfg::kWarpC - kRoundRows) * 16
+                    + i0 * 16;
+                if (c < channels && bt.pos0 + x < length && bt.inner0 + r < axis.inner)
+                {
+                    int64_t const index = base + c * plane + static_cast<int64_t>(bt.pos0 + x) * axis.inner + r;
+                    storeSum<T>(
+                        out, partial, index, os[r * Cfg::kOutLine + local * Cfg::kOutRow + x], accumulate, last);
+                }
+            }
+            if (i0 + kRoundRows < Cfg::kWarpC)
+            {
+                __syncthreads(); // the next round overwrites os
+            }
         }
+        return;
     }
-    __syncthreads();
-    for (int e = t; e < kL * kC * kX; e += kThreads)
-    {
-        // Lines fastest, then positions: the output stores are contiguous on every axis.
-        int const r = e % kL;
-        int const x = (e / kL) % kX;
-        int const c = e / (kL * kX);
-        if (bt.channel0 + c < channels && bt.pos0 + x < length && bt.inner0 + r < axis.inner)
-        {
-            int64_t const index
-                = base + (bt.channel0 + c) * plane + static_cast<int64_t>(bt.pos0 + x) * axis.inner + r;
-            storeSum<float>(out, partial, index, os[r * Cfg::kOutLine + c * Cfg::kOutRow + x], accumulate, last);
-        }
-    }
-#else
-    // Never launched: the host selects this kernel only on sm_80 and newer.
-    __trap();
 #endif
+    // Never launched: the host selects this kernel only from Cfg::Mma::kMinComputeMajor on.
+    __trap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1125,51 +1146,24 @@ bool useTensorCores(LaunchOptions const& options, DeviceInfo const& device)
 {
     // fp32 stays on CUDA cores unless TF32 is asked for: TF32 (10-bit mantissa, about 5e-4
     // relative per rounded operand) misses the op's 1e-5 agreement with the reference.
-    return options.aggregation == Aggregation::kTensorCoreTf32 && device.computeMajor >= 8;
+    return options.aggregation == Aggregation::kTensorCoreTf32 && device.computeMajor >= Tf32Mma::kMinComputeMajor;
 }
 
 template <>
 bool useTensorCores<__half>(LaunchOptions const& options, DeviceInfo const& device)
 {
     // kTensorCoreTf32 means tensor cores for fp16 too (fp16 inputs, fp32 accumulation).
-    return options.aggregation != Aggregation::kSimt && device.computeMajor >= 7;
+    return options.aggregation != Aggregation::kSimt && device.computeMajor >= Fp16Mma::kMinComputeMajor;
 }
 
+//! CUDA cores, or tensor cores when `tensorCores` (fp16; fp32 as TF32 when asked for).
 template <typename T>
 cudaError_t aggregateAxis(T const* v, T const* probs, RowStats<float> const* stats, T* out, float* partial,
-    Problem const& problem, int axis, bool tensorCores, cudaStream_t stream);
-
-//! fp32: CUDA cores, or TF32 tensor cores when asked for (`tensorCores`).
-template <>
-cudaError_t aggregateAxis<float>(float const* v, float const* probs, RowStats<float> const* stats, float* out,
-    float* partial, Problem const& problem, int axis, bool tensorCores, cudaStream_t stream)
+    Problem const& problem, int axis, bool tensorCores, cudaStream_t stream)
 {
-    using Strided = SimtStridedFor<float>::type;
-    bool const innermost = axisOf(problem, axis).inner == 1;
-    if (tensorCores)
-    {
-        if (innermost)
-        {
-            return launchAggregation<Tf32Innermost>(
-                aggregateTf32Kernel<Tf32Innermost>, v, probs, stats, out, partial, problem, axis, stream);
-        }
-        return launchAggregation<Tf32Strided>(
-            aggregateTf32Kernel<Tf32Strided>, v, probs, stats, out, partial, problem, axis, stream);
-    }
-    if (innermost)
-    {
-        return launchAggregation<SimtInnermost>(
-            aggregateSimtKernel<float, SimtInnermost>, v, probs, stats, out, partial, problem, axis, stream);
-    }
-    return launchAggregation<Strided>(
-        aggregateSimtKernel<float, Strided>, v, probs, stats, out, partial, problem, axis, stream);
-}
-
-template <>
-cudaError_t aggregateAxis<__half>(__half const* v, __half const* probs, RowStats<float> const* stats, __half* out,
-    float* partial, Problem const& problem, int axis, bool tensorCores, cudaStream_t stream)
-{
-    using Strided = SimtStridedFor<__half>::type;
+    using Strided = typename SimtStridedFor<T>::type;
+    using TensorCoreInnermost = typename TensorCoreTiles<T>::Innermost;
+    using TensorCoreStrided = typename TensorCoreTiles<T>::Strided;
     bool const innermost = axisOf(problem, axis).inner == 1;
     if (tensorCores)
     {
@@ -1184,10 +1178,10 @@ cudaError_t aggregateAxis<__half>(__half const* v, __half const* probs, RowStats
     if (innermost)
     {
         return launchAggregation<SimtInnermost>(
-            aggregateSimtKernel<__half, SimtInnermost>, v, probs, stats, out, partial, problem, axis, stream);
+            aggregateSimtKernel<T, SimtInnermost>, v, probs, stats, out, partial, problem, axis, stream);
     }
     return launchAggregation<Strided>(
-        aggregateSimtKernel<__half, Strided>, v, probs, stats, out, partial, problem, axis, stream);
+        aggregateSimtKernel<T, Strided>, v, probs, stats, out, partial, problem, axis, stream);
 }
 
 //! Bytes per element of the fp32 partial-sum buffer: only fp16 with several axes needs one.
