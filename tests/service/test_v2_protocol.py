@@ -415,3 +415,23 @@ def test_every_v2_error_has_the_protocols_shape() -> None:
         assert client.get("/v1/no/such/route").json()["error"]["code"] == "not_found"
         ready = client.post("/v2/repository/index", json={"ready": True}, headers=key).json()
         assert ready == [{"name": MODEL, "version": "1", "state": "READY"}]
+
+
+def test_repository_index_lists_files_that_failed_to_load() -> None:
+    """A models-folder file that failed to load is UNAVAILABLE with the reason, unless the
+    name still serves (a failed reload keeps the previous version READY)."""
+    from ccnet.service.reload import LoadFailure
+
+    with make_client() as client:
+        registry = client.app.state.ccnet.registry
+        for file in ("broken.pt", f"{MODEL}.pt"):
+            failure = LoadFailure(file, "0" * 64, f"ValueError: {file}: not a checkpoint", 0.0)
+            registry.record_failure(failure, file)
+        index = client.post("/v2/repository/index").json()
+    assert [(m["name"], m["state"]) for m in index] == [
+        ("broken", "UNAVAILABLE"),
+        (MODEL, "READY"),
+        ("ccnet3d-tiny", "UNAVAILABLE"),
+    ]
+    assert index[0]["reason"] == "broken.pt failed to load: ValueError: broken.pt: not a checkpoint"
+    assert index[0]["version"] == ""
