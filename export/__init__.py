@@ -10,12 +10,13 @@ Build side, used by the commands (``ccnet export``, and ``ccnet serve``'s prepar
 * ``export.parity`` — check inputs (noise, real photographs), ONNX Runtime vs PyTorch verdicts;
 * ``export.engine`` — ``build_engine``: ONNX -> TensorRT engine with the plugin, checked;
 * ``export.triton`` — ``write_triton_repository``: Triton model repository;
+* ``export.image_graph`` — the image interface in the graph (UINT8 in, pad, crop, argmax, mask);
 * ``export.prepare`` — ``prepare_artifact``: a served model file -> the artifact its backend runs;
 * ``export.cli`` — the ``ccnet export`` subcommands;
 
 Runtime side, all the service imports: ``export.runtime`` (TensorRT availability, the
 process-wide plugin loader, the engine runner, the validated sidecar readers, the cache keys of
-prepared artifacts).
+prepared artifacts, the image interface /v2 and the Triton export share).
 
 * ``export.tensorrt/``, ``export.cuda_ext`` — the plugin and CUDA kernels (C++/CUDA sources).
 """

@@ -231,14 +231,16 @@ def _cmd_tensorrt(args: argparse.Namespace) -> None:
 
 
 def _register_triton(targets: argparse._SubParsersAction) -> None:
-    from ccnet.export.triton import DEFAULT_MAX_BATCH
+    from ccnet.export.triton import DEFAULT_MAX_BATCH, INTERFACES
 
     triton = targets.add_parser(
         "triton",
         help="write a Triton model repository (ONNX Runtime or TensorRT model)",
         description="Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (or model.plan "
         "with --engine) with dynamic dims and dynamic batching, and REPO/README.md with the "
-        "command lines (plugin loading for engines). A checkpoint is exported to ONNX first.",
+        "command lines (plugin loading for engines). A checkpoint is exported to ONNX first. "
+        "An image model in ONNX speaks `ccnet serve`'s /v2 by default: `image` UINT8 "
+        "[N,H,W,3] in, `mask` UINT8 [N,H,W] out, padding, crop and argmax in the graph.",
     )
     triton.add_argument(
         "source", metavar="CKPT_OR_ONNX", help="model.onnx (with model.json), or a checkpoint"
@@ -255,6 +257,19 @@ def _register_triton(targets: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"Triton max_batch_size (default {DEFAULT_MAX_BATCH}; 0 = no batching)",
     )
+    triton.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        help="image: UINT8 [N,H,W,3] in, mask UINT8 [N,H,W] out, as ccnet serve's /v2 (the "
+        "default for image models in ONNX); tensor: the network's float32 [N,3,H,W] in "
+        "(H and W padded to a multiple of 8 by the client), logits out (clip models, engines)",
+    )
+    triton.add_argument(
+        "--logits",
+        action="store_true",
+        help="image interface: also a `logits` output, FP32 [N,K,H,W] (Triton returns every "
+        "output to a request that names none, so clients should name `mask`)",
+    )
     _add_precision(triton)
     triton.set_defaults(handler=_cmd_triton)
 
@@ -270,6 +285,8 @@ def _cmd_triton(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         dtype=args.dtype,
         opset=args.opset,
+        interface=args.interface,
+        logits=args.logits,
     )
     print(
         json.dumps(

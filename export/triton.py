@@ -2,12 +2,21 @@
 
 Layout written (``REPO/NAME`` is replaced as a whole, atomically)::
 
-    REPO/README.md               how to start Triton (and load the plugin for engines)
+    REPO/README.md               how to start Triton, what to send (and the plugin for engines)
     REPO/NAME/config.pbtxt       platform, max batch, dynamic batching, inputs/outputs
     REPO/NAME/labels.txt         the class names, one per line, line i = class id i
     REPO/NAME/1/model.onnx       (or model.plan with --engine)
     REPO/NAME/1/model.json       the sidecar of that file: classes, palette, input policy,
                                  parity (for an engine: its profile, plugin and check)
+
+Two interfaces. ``image`` (the default for image models in ONNX) is the one ``ccnet serve``'s
+``/v2`` speaks (``export.runtime.image_interface``): ``image`` UINT8 ``[N, H, W, 3]`` in,
+``mask`` UINT8 ``[N, H, W]`` out (and ``logits`` FP32 ``[N, K, H, W]`` with ``logits=True``),
+the padding to the stride, the crop back and the argmax inside the graph
+(``export.image_graph``), so the same client code works against both servers. ``tensor`` is
+the network's own: float32 ``[N, 3, H, W]`` RGB 0..255 (height and width padded to a multiple
+of 8 by the client) in, float32 logits out; clip models and TensorRT engines (built from the
+network's ONNX) have only this one.
 
 Inputs, outputs, names and element types come from the ONNX graph itself; dims are the graph's
 with the batch axis left out (Triton adds it when ``max_batch_size > 0``) and -1 for every
@@ -34,6 +43,7 @@ from ccnet.export._progress import Progress, silent, to_stderr
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
+    "INTERFACES",
     "TRITON_DTYPES",
     "TritonModel",
     "render_config",
@@ -51,6 +61,7 @@ TRITON_DTYPES = {
     "int64": "TYPE_INT64",
     "bool": "TYPE_BOOL",
 }
+INTERFACES = ("image", "tensor")
 _PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan")}
 _LABELS = "labels.txt"  # class names, line i = class id i (Triton's label_filename)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -125,22 +136,39 @@ def render_config(
 def _readme(repo: Path) -> str:
     models = []
     for config in sorted(repo.glob("*/config.pbtxt")):
-        match = re.search(r'platform:\s*"([^"]+)"', config.read_text(encoding="utf-8"))
-        models.append((config.parent.name, match.group(1) if match else "?"))
-    engines = [name for name, platform in models if platform == "tensorrt_plan"]
-    listing = "\n".join(f"| `{name}` | `{platform}` |" for name, platform in models)
+        text = config.read_text(encoding="utf-8")
+        match = re.search(r'platform:\s*"([^"]+)"', text)
+        image = re.search(r"data_type:\s*TYPE_UINT8", text.split("output [")[0]) is not None
+        models.append((config.parent.name, match.group(1) if match else "?", image))
+    engines = [name for name, platform, _ in models if platform == "tensorrt_plan"]
+    listing = "\n".join(
+        f"| `{name}` | `{platform}` | {'image' if image else 'tensor'} |"
+        for name, platform, image in models
+    )
     text = f"""# Triton model repository (CCNet)
 
 Written by `ccnet export triton`.
 
-| model | platform |
-|---|---|
+| model | platform | interface |
+|---|---|---|
 {listing}
 
-Each model takes RGB values 0..255 as float32 (`N x 3 x H x W`, clips `N x 3 x T x H x W`;
-normalisation is inside the graph) and returns float32 logits at the input size. Height,
-width (and frames) are dynamic; Triton batches requests of equal shape (dynamic batching).
-`NAME/1/model.json` holds the class names, palette and the export's parity figures.
+**image** interface (the requests and answers of `ccnet serve`'s `/v2`): send the decoded
+image's RGB bytes as `image`, UINT8 `N x H x W x 3`, any height and width; `mask` comes back,
+UINT8 `N x H x W`, the class id of every pixel (`labels.txt`, line i = class i), and `logits`,
+FP32 `N x K x H x W`, if the model was exported with `--logits` (Triton returns every output
+to a request that names none: name `mask`). Normalisation, the padding to a multiple of 8,
+the crop back and the argmax are inside the graph. It does not scale images down: `ccnet
+serve` scales an image whose long side exceeds its `max_side` (1024) for inference, this model
+runs it at full size; up to that size both give the same mask, byte for byte.
+
+**tensor** interface (clip models, engines, or `--interface tensor`): RGB values 0..255 as
+float32 (`N x 3 x H x W`, clips `N x 3 x T x H x W`; normalisation is inside the graph), height
+and width padded by the client to a multiple of 8 (edge replication gives `ccnet serve`'s
+masks); float32 logits at the padded size come back.
+
+Height, width (and frames) are dynamic; Triton batches requests of equal shape (dynamic
+batching). `NAME/1/model.json` holds the class names, palette and the export's checks.
 
 ## ONNX models (`onnxruntime_onnx`)
 
@@ -217,6 +245,27 @@ def _engine_sidecar(engine: Path, onnx_model: Path, max_batch: int) -> dict[str,
     return {**meta, "engine_file": _PLATFORMS["plan"][1]}
 
 
+def _choose_interface(
+    interface: str | None, meta: dict[str, Any], engine: bool, logits: bool
+) -> str:
+    """The interface asked for, or the default: ``image`` where it applies."""
+    video = bool(meta.get("model", {}).get("video"))
+    why = "a clip model" if video else "a TensorRT engine" if engine else None
+    if interface is None:
+        interface = "tensor" if why else "image"
+    if interface == "image" and why:
+        raise ValueError(
+            f"the image interface (UINT8 images in, mask out) is for image models in ONNX; "
+            f"{why} keeps the tensor interface (--interface tensor)"
+        )
+    if logits and interface != "image":
+        raise ValueError(
+            "a logits output is an option of the image interface; the tensor "
+            "interface returns logits only"
+        )
+    return interface
+
+
 def write_triton_repository(
     source: str | os.PathLike[str],
     repository: str | os.PathLike[str],
@@ -226,6 +275,8 @@ def write_triton_repository(
     max_batch: int = DEFAULT_MAX_BATCH,
     dtype: str = "fp32",
     opset: int | None = None,
+    interface: str | None = None,
+    logits: bool = False,
     progress: Progress | None = to_stderr,
 ) -> TritonModel:
     """Write (or replace) model ``name`` in the Triton repository ``repository``.
@@ -239,14 +290,23 @@ def write_triton_repository(
         max_batch: Triton's ``max_batch_size`` (0 disables batching).
         dtype: precision when ``source`` is a checkpoint.
         opset: opset when ``source`` is a checkpoint.
+        interface: "image" (UINT8 images in, the mask out, as ``ccnet serve``'s /v2; the
+            default for an image model in ONNX) or "tensor" (the network's float32 NCHW in,
+            logits out; clip models and engines have only this one).
+        logits: with the image interface, a ``logits`` output beside ``mask`` (Triton sends
+            every output when a request names none, so it is left out unless asked for).
         progress: receives progress lines (stderr by default).
 
     Raises:
         FileNotFoundError: a missing source, sidecar or engine.
         OSError: the repository cannot be written.
-        ValueError: a bad name or batch size, a corrupt checkpoint or sidecar, an engine that
-            does not belong to the ONNX or whose profile cannot serve ``max_batch``.
+        ValueError: a bad name, batch size or interface, a corrupt checkpoint or sidecar, an
+            engine that does not belong to the ONNX or whose profile cannot serve
+            ``max_batch``.
+        export.image_graph.ImageGraphError: the image graph does not give the network's masks
+            exactly (nothing is written).
     """
+    from ccnet.export.image_graph import image_model
     from ccnet.export.runtime.sidecar import read_sidecar
     from ccnet.model.files import ensure_writable_dir, replace_dir, write_files_atomic
 
@@ -254,12 +314,15 @@ def write_triton_repository(
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '-', '.'")
     if max_batch < 0:
         raise ValueError(f"max batch must be >= 0, got {max_batch}")
+    if interface not in (None, *INTERFACES):
+        raise ValueError(f"interface must be one of {', '.join(INTERFACES)}, got {interface!r}")
     say = progress or silent
     repo = ensure_writable_dir(repository)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
         onnx_model, onnx_sidecar = _onnx_source(Path(source), staging, dtype, opset, say)
         meta = read_sidecar(onnx_sidecar)
+        chosen = _choose_interface(interface, meta, engine is not None, logits)
         engine_meta = None
         if engine is not None:
             engine_meta = _engine_sidecar(Path(engine), onnx_model, max_batch)
@@ -267,17 +330,24 @@ def write_triton_repository(
         model_dir = staging / name
         version = model_dir / "1"
         version.mkdir(parents=True)
-        shutil.copyfile(engine if engine is not None else onnx_model, version / filename)
-        if engine_meta is not None:
-            text = json.dumps(engine_meta, indent=2) + "\n"
-            (version / "model.json").write_text(text, encoding="utf-8")
+        if chosen == "image":
+            say("putting the image interface into the graph (pad, crop, argmax) and checking it…")
+            data, meta = image_model(onnx_model.read_bytes(), meta, logits=logits)
+            files = {version / filename: data}
+            files[version / "model.json"] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
+            write_files_atomic(files)
         else:
-            if engine is not None:
-                say(
-                    f"note: {engine} has no sidecar (engine.json): its profile was not checked, "
-                    "model.json describes the ONNX it was built from"
-                )
-            shutil.copyfile(onnx_sidecar, version / "model.json")
+            shutil.copyfile(engine if engine is not None else onnx_model, version / filename)
+            if engine_meta is not None:
+                text = json.dumps(engine_meta, indent=2) + "\n"
+                (version / "model.json").write_text(text, encoding="utf-8")
+            else:
+                if engine is not None:
+                    say(
+                        f"note: {engine} has no sidecar (engine.json): its profile was not "
+                        "checked, model.json describes the ONNX it was built from"
+                    )
+                shutil.copyfile(onnx_sidecar, version / "model.json")
         labels = "".join(f"{label}\n" for label in meta["classes"])
         (model_dir / _LABELS).write_text(labels, encoding="utf-8")
         config = render_config(
@@ -288,5 +358,8 @@ def write_triton_repository(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_files_atomic({repo / "README.md": _readme(repo).encode("utf-8")})
-    say(f"wrote Triton model {repo / name} ({platform}, max_batch_size {max_batch})")
+    say(
+        f"wrote Triton model {repo / name} ({platform}, {chosen} interface, max_batch_size "
+        f"{max_batch})"
+    )
     return TritonModel(repo, repo / name, repo / name / "config.pbtxt", platform)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+# one stride for the server and the exported image graph (``export.image_graph``)
+from ccnet.export.runtime.image_interface import STRIDE
+
 __all__ = [
     "STRIDE",
     "PreparedClip",
@@ -28,8 +31,6 @@ __all__ = [
     "scale_frames",
     "scaled_size",
 ]
-
-STRIDE = 8  # the networks' output stride
 
 
 @dataclass(frozen=True)

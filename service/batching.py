@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ccnet.service.core.deadline import Deadline, DeadlineExceededError
+from ccnet.service.stats import InferenceStatistics
 
 __all__ = ["BatchResult", "BoundedExecutor", "MicroBatcher", "OverloadedError"]
 
@@ -48,12 +49,15 @@ class _Item:
     pixels: np.ndarray
     deadline: Deadline | None = None
     future: Future[BatchResult] = field(default_factory=Future)
+    queued_ns: int = field(default_factory=time.perf_counter_ns)
 
-    def start(self) -> bool:
+    def start(self, statistics: InferenceStatistics | None) -> bool:
         """Whether to compute this item: not cancelled and its deadline not passed."""
         if not self.future.set_running_or_notify_cancel():
             return False
         if self.deadline is not None and self.deadline.expired:
+            if statistics is not None:
+                statistics.record_failure(time.perf_counter_ns() - self.queued_ns)
             self.future.set_exception(DeadlineExceededError("expired while queued"))
             return False
         return True
@@ -68,6 +72,7 @@ class MicroBatcher:
         max_wait_ms: how long the first request of a batch waits for company.
         queue_size: requests allowed to wait; beyond it ``submit`` raises ``OverloadedError``.
         on_batch: called with each batch size and its run time in seconds (metrics).
+        statistics: receives every image's and batch's times and failures (``/v2`` stats).
         name: names the worker threads (logs, debuggers).
         workers: batches run in parallel by this many threads (``run`` must allow it). On a
             CPU, two single-threaded forward passes side by side get more images through
@@ -82,6 +87,7 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         queue_size: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
+        statistics: InferenceStatistics | None = None,
         name: str = "model",
         workers: int = 1,
     ) -> None:
@@ -94,6 +100,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._on_batch = on_batch
+        self._statistics = statistics
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
             for i in range(workers)
@@ -118,6 +125,8 @@ class MicroBatcher:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            if self._statistics is not None:
+                self._statistics.record_failure(0)
             raise OverloadedError(f"{self._queue.maxsize} requests are already waiting") from None
         return item.future
 
@@ -154,7 +163,7 @@ class MicroBatcher:
                 return
             items, stopping = self._gather(first)
             # a request that timed out while waiting is skipped, not computed
-            live = [item for item in items if item.start()]
+            live = [item for item in items if item.start(self._statistics)]
             groups: dict[tuple[int, ...], list[_Item]] = {}
             for item in live:
                 groups.setdefault(item.pixels.shape, []).append(item)
@@ -162,19 +171,35 @@ class MicroBatcher:
                 self._run_group(group)
 
     def _run_group(self, group: list[_Item]) -> None:
-        began = time.perf_counter()
+        began = time.perf_counter_ns()
         try:
-            outputs = self._run(np.stack([item.pixels for item in group]))
+            batch = np.stack([item.pixels for item in group])
+            stacked = time.perf_counter_ns()
+            outputs = self._run(batch)
         except Exception as error:  # reported to every waiting request, the worker lives on
             log.exception("inference failed for a batch of %d", len(group))
+            failed = time.perf_counter_ns()
             for item in group:
+                if self._statistics is not None:
+                    self._statistics.record_failure(failed - item.queued_ns)
                 item.future.set_exception(error)
             return
-        seconds = time.perf_counter() - began
+        ran = time.perf_counter_ns()
+        seconds = (ran - began) / 1e9
         if self._on_batch is not None:
             self._on_batch(len(group), seconds)
-        for item, output in zip(group, outputs, strict=True):
-            item.future.set_result(BatchResult(output, seconds, len(group)))
+        results = [BatchResult(output, seconds, len(group)) for output in outputs]
+        if self._statistics is not None:  # before the answers: a client reads them after
+            answered = time.perf_counter_ns()
+            self._statistics.record_batch(
+                waited_ns=[began - item.queued_ns for item in group],
+                answered_ns=[answered - item.queued_ns for item in group],
+                input_ns=stacked - began,
+                infer_ns=ran - stacked,
+                output_ns=answered - ran,
+            )
+        for item, result in zip(group, results, strict=True):
+            item.future.set_result(result)
 
 
 class BoundedExecutor:

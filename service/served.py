@@ -24,6 +24,7 @@ from ccnet.service.core.deadline import Deadline
 from ccnet.service.core.memory import peak_growth_bytes
 from ccnet.service.metrics import ServiceMetrics
 from ccnet.service.reload import ModelVersion
+from ccnet.service.stats import InferenceStatistics
 
 __all__ = [
     "DuplicateModelError",
@@ -139,6 +140,8 @@ class ServedImageModel(ServedModel):
     segmenter: Segmenter
     # resident bytes a forward pass adds per input pixel (measured at warm-up; 0 off the CPU)
     activation_per_pixel: float = 0.0
+    # what the batcher records for /v2/models/NAME/stats (the batcher writes, routes read)
+    statistics: InferenceStatistics = field(default_factory=InferenceStatistics)
 
     @property
     def depth(self) -> int:
@@ -218,6 +221,7 @@ class ModelBuilder:
             raise ModelLoadError(info.name) from error
         served: ServedModel
         if info.kind == "image":
+            statistics = InferenceStatistics()
             batcher = MicroBatcher(
                 self._timed(backend),
                 max_batch_size=self.settings.max_batch_size,
@@ -226,12 +230,13 @@ class ModelBuilder:
                 on_batch=lambda size, _, name=info.name: self.metrics.batch_size.labels(
                     name
                 ).observe(size),
+                statistics=statistics,
                 name=info.name,
                 workers=workers if backend.thread_safe else 1,
             )
             segmenter = Segmenter(backend, max_side=self.settings.max_side)
             served = ServedImageModel(
-                info, backend, batcher, segmenter, activation, version=version
+                info, backend, batcher, segmenter, activation, statistics, version=version
             )
             if backend.thread_policy is not None:  # a lone request may take every core
                 backend.thread_policy.bind_backlog(lambda batcher=batcher: batcher.depth)

@@ -88,6 +88,12 @@ def _onnxruntime(name: str | None, path: Path, options: LoadOptions) -> Inferenc
         sidecar = read_sidecar(path)
     except (OSError, ValueError) as error:
         raise BackendError(f"{path}: {error}") from error
+    if sidecar.get("interface") == "image":
+        raise BackendError(
+            f"{path}: a Triton model with the image interface (UINT8 images in, masks out, "
+            "written by ccnet export triton); the service runs the network's own export "
+            "(ccnet export onnx), which it wraps"
+        )
     if sidecar.get("output", "logits") != "logits":
         raise BackendError(
             f"{path}: exported with --output {sidecar['output']}; the service needs the logits "

@@ -14,7 +14,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ccnet.service.api.errors import CLIENT_CLOSED, error_response
+from ccnet.service.api.errors import CLIENT_CLOSED, error_response_for
 from ccnet.service.core.logging import request_id
 from ccnet.service.metrics import ServiceMetrics
 
@@ -83,7 +83,8 @@ class RequestContextMiddleware:
             # a single read is measured here
             head = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
             if head > self.max_header_bytes:
-                response = error_response(
+                response = error_response_for(
+                    scope["path"],
                     431,
                     "headers_too_large",
                     f"the request headers hold {head} bytes, more than {self.max_header_bytes}",

@@ -132,6 +132,13 @@ def test_triton_from_an_export(onnx_2d, tmp_path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out)
     assert summary["platform"] == "onnxruntime_onnx"
     assert (repo / "seg" / "1" / "model.onnx").is_file()
+    assert "data_type: TYPE_UINT8" in summary["config"]  # /v2's image interface by default
+    argv = ["export", "triton", str(onnx_2d.model_path), "-o", str(repo), "--name", "seg"]
+    assert main([*argv, "--interface", "tensor"]) == 0
+    tensor = json.loads(capsys.readouterr().out)["config"]
+    assert "data_type: TYPE_FP32" in tensor and "TYPE_UINT8" not in tensor
+    assert main([*argv, "--interface", "tensor", "--logits"]) == 2
+    assert "an option of the image interface" in capsys.readouterr().err
 
 
 def test_triton_missing_engine_exits_2(onnx_2d, tmp_path, capsys) -> None:

@@ -1,4 +1,5 @@
-"""Triton model repository: config.pbtxt agrees with the ONNX it points to; engines; atomicity."""
+"""Triton model repository: config.pbtxt agrees with the ONNX it points to; the image interface
+(UINT8 images in, the mask out) gives the service pipeline's masks; engines; atomicity."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
 
 from ccnet.export.triton import write_triton_repository
 
-ONNX_TO_TRITON = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16"}
+ONNX_TO_TRITON = {
+    TensorProto.FLOAT: "TYPE_FP32",
+    TensorProto.FLOAT16: "TYPE_FP16",
+    TensorProto.UINT8: "TYPE_UINT8",
+}
 
 
 def parse_pbtxt(text: str) -> dict:
@@ -99,11 +105,19 @@ def test_onnx_repository_config_agrees_with_the_onnx(request, fixture: str, tmp_
     config = parse_pbtxt(result.config_path.read_text())
     assert config["name"] == ["seg"]
     assert config["platform"] == ["onnxruntime_onnx"]
-    model = onnx.load(source)
-    _assert_config_matches_onnx(config, model, max_batch=8)
-    dims = _flatten_lists(config["input"])[0]["dims"][0]
-    assert dims == ([3, -1, -1, -1] if fixture == "onnx_3d" else [3, -1, -1])
     version = tmp_path / "repo" / "seg" / "1"
+    model = onnx.load(version / "model.onnx")
+    _assert_config_matches_onnx(config, model, max_batch=8)
+    inputs = _flatten_lists(config["input"])
+    if fixture == "onnx_3d":  # clip models keep the network's tensors
+        assert inputs[0]["dims"][0] == [3, -1, -1, -1]
+        assert model.SerializeToString() == onnx.load(source).SerializeToString()
+    else:  # image models speak /v2's language: UINT8 pixels in, the mask out
+        assert inputs == [{"name": ["image"], "data_type": ["TYPE_UINT8"], "dims": [[-1, -1, 3]]}]
+        outputs = _flatten_lists(config["output"])
+        assert [(o["name"], o["data_type"], o["dims"]) for o in outputs] == [
+            (["mask"], ["TYPE_UINT8"], [[-1, -1]])
+        ]
     assert sorted(p.name for p in version.iterdir()) == ["model.json", "model.onnx"]
     classes = json.loads((version / "model.json").read_text())["classes"]
     assert (version.parent / "labels.txt").read_text().splitlines() == classes
@@ -112,6 +126,8 @@ def test_onnx_repository_config_agrees_with_the_onnx(request, fixture: str, tmp_
     readme = (tmp_path / "repo" / "README.md").read_text()
     assert "tritonserver --model-repository=" in readme
     assert "No plugin is needed" in readme and "LD_PRELOAD" not in readme
+    interface = "tensor" if fixture == "onnx_3d" else "image"
+    assert f"| `seg` | `onnxruntime_onnx` | {interface} |" in readme
 
 
 def test_no_batching_keeps_the_batch_dim(onnx_2d, tmp_path) -> None:
@@ -119,8 +135,82 @@ def test_no_batching_keeps_the_batch_dim(onnx_2d, tmp_path) -> None:
         onnx_2d.model_path, tmp_path, "seg", max_batch=0, progress=None
     )
     config = parse_pbtxt(result.config_path.read_text())
-    _assert_config_matches_onnx(config, onnx.load(onnx_2d.model_path), max_batch=0)
-    assert _flatten_lists(config["input"])[0]["dims"] == [[-1, 3, -1, -1]]
+    model = onnx.load(result.model_dir / "1" / "model.onnx")
+    _assert_config_matches_onnx(config, model, max_batch=0)
+    assert _flatten_lists(config["input"])[0]["dims"] == [[-1, -1, -1, 3]]
+
+
+def _photographs() -> list[np.ndarray]:
+    """Real photographs at three sizes, two of them off the stride of 8 in both axes."""
+    import skimage.data
+
+    return [
+        np.ascontiguousarray(skimage.data.chelsea()[::3, ::3]),  # 100×151
+        np.ascontiguousarray(skimage.data.coffee()[:75, :57]),  # 75×57
+        np.ascontiguousarray(skimage.data.astronaut()[::4, ::4]),  # 128×128
+    ]
+
+
+@pytest.mark.parametrize("logits", [False, True], ids=["mask", "mask+logits"])
+def test_image_interface_gives_the_pipelines_masks(onnx_2d, tmp_path, logits: bool) -> None:
+    """The repository's graph, fed the UINT8 image as /v2 takes it, returns exactly what the
+    service's pipeline (pad by edge replication, the network, crop, argmax) makes of it."""
+    from ccnet.export.parity import onnxruntime_session
+    from ccnet.inference.pipeline import labels_from_logits, logits_to_size, prepare_image
+    from ccnet.inference.segmenter import Segmenter
+
+    result = write_triton_repository(
+        onnx_2d.model_path, tmp_path, "seg", logits=logits, progress=None
+    )
+    session = onnxruntime_session((result.model_dir / "1" / "model.onnx").read_bytes())
+    wanted = ["mask", "logits"] if logits else ["mask"]
+    assert [o.name for o in session.get_outputs()] == wanted
+    with Segmenter.from_file(onnx_2d.model_path, backend="onnxruntime") as segmenter:
+        for photo in _photographs():
+            got = session.run(wanted, {"image": photo[None]})
+            prepared = prepare_image(photo, max_side=1024)
+            scores = segmenter.backend.infer(prepared.pixels[None])[0]
+            mask = labels_from_logits(scores, prepared.scaled, prepared.size)
+            assert got[0].dtype == np.uint8, photo.shape
+            assert got[0][0].tobytes() == mask.tobytes(), photo.shape
+            assert got[0][0].tobytes() == segmenter(photo).mask.tobytes(), photo.shape
+            if logits:
+                expected = logits_to_size(scores, prepared.scaled, prepared.size)
+                np.testing.assert_array_equal(got[1][0], expected, err_msg=str(photo.shape))
+    sidecar = json.loads((result.model_dir / "1" / "model.json").read_text())
+    assert sidecar["interface"] == "image" and sidecar["input_policy"]["dtype"] == "uint8"
+    assert sidecar["network_sha256"] == onnx_2d.sidecar["sha256"]
+    with pytest.raises(ValueError, match="image interface"):
+        Segmenter.from_file(result.model_dir / "1" / "model.onnx", backend="onnxruntime")
+
+
+def test_tensor_interface_on_request(onnx_2d, tmp_path) -> None:
+    result = write_triton_repository(
+        onnx_2d.model_path, tmp_path, "seg", interface="tensor", progress=None
+    )
+    assert (result.model_dir / "1" / "model.onnx").read_bytes() == onnx_2d.model_path.read_bytes()
+    _assert_config_matches_onnx(
+        parse_pbtxt(result.config_path.read_text()), onnx.load(onnx_2d.model_path), max_batch=8
+    )
+
+
+def test_interface_choices_that_cannot_apply_are_refused(onnx_2d, onnx_3d, tmp_path) -> None:
+    with pytest.raises(ValueError, match="a clip model keeps the tensor interface"):
+        write_triton_repository(
+            onnx_3d.model_path, tmp_path, "clip", interface="image", progress=None
+        )
+    plan = _fake_engine(onnx_2d, tmp_path / "build", batch=(1, 8))
+    with pytest.raises(ValueError, match="a TensorRT engine keeps the tensor interface"):
+        write_triton_repository(
+            onnx_2d.model_path, tmp_path, "seg", engine=plan, interface="image", progress=None
+        )
+    with pytest.raises(ValueError, match="logits output is an option of the image interface"):
+        write_triton_repository(
+            onnx_2d.model_path, tmp_path, "seg", interface="tensor", logits=True, progress=None
+        )
+    with pytest.raises(ValueError, match="interface must be one of image, tensor"):
+        write_triton_repository(onnx_2d.model_path, tmp_path, "seg", interface="nhwc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
 
 
 def _fake_engine(onnx_2d, directory: Path, batch: tuple[int, int]) -> Path:
@@ -234,5 +324,6 @@ def test_checkpoint_source_is_exported_first(onnx_2d, checkpoint_2d, tmp_path, m
         checkpoint_2d, tmp_path / "repo", "seg", dtype="fp16", opset=20, progress=None
     )
     assert calls == [(checkpoint_2d, "fp16", 20)]
-    assert (result.model_dir / "1" / "model.onnx").read_bytes() == onnx_2d.model_path.read_bytes()
+    sidecar = json.loads((result.model_dir / "1" / "model.json").read_text())
+    assert sidecar["network_sha256"] == onnx_2d.sidecar["sha256"]  # the export it wraps
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["README.md", "seg"]

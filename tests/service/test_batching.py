@@ -11,6 +11,7 @@ from ccnet.inference.options import available_cores
 from ccnet.service.batching import BoundedExecutor, MicroBatcher, OverloadedError
 from ccnet.service.core.config import Settings
 from ccnet.service.core.deadline import Deadline, DeadlineExceededError
+from ccnet.service.stats import InferenceStatistics
 
 
 def _double(batch: np.ndarray) -> np.ndarray:
@@ -162,6 +163,55 @@ def test_items_whose_deadline_passed_in_the_queue_are_dropped() -> None:
     finally:
         batcher.close()
     assert 7.0 not in computed
+
+
+def test_statistics_count_answers_failures_and_batches() -> None:
+    """What /v2/models/NAME/stats reports: images answered, per batch size, and the three
+    ways an image fails (a full queue, a deadline passed while queued, a forward pass that
+    raised), each recorded before its caller sees the outcome."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        gate.wait(5)
+        if batch[0, 0] < 0:
+            raise RuntimeError("boom")
+        return batch
+
+    statistics = InferenceStatistics()
+    batcher = MicroBatcher(
+        run, max_batch_size=8, max_wait_ms=50, queue_size=4, statistics=statistics
+    )
+    try:
+        first = batcher.submit(np.zeros(1))
+        assert entered.wait(5)  # the worker holds a batch of one
+        expired = batcher.submit(np.full(1, 7.0), Deadline.after(0.01))
+        batched = [batcher.submit(np.ones(1)) for _ in range(3)]
+        with pytest.raises(OverloadedError):
+            batcher.submit(np.ones(1))
+        threading.Event().wait(0.05)  # the deadline passes while the worker is busy
+        gate.set()
+        first.result(timeout=10)
+        with pytest.raises(DeadlineExceededError):
+            expired.result(timeout=10)
+        assert [f.result(timeout=10).batch_size for f in batched] == [3, 3, 3]
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.submit(np.full(1, -1.0)).result(timeout=10)
+    finally:
+        gate.set()
+        batcher.close()
+    stats = statistics.model_stats("m", "1")
+    assert (stats["name"], stats["version"]) == ("m", "1")
+    assert stats["inference_count"] == 4 and stats["execution_count"] == 2
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] == 4 and inference["fail"]["count"] == 3
+    assert inference["queue"]["count"] == 4 and inference["compute_infer"]["count"] == 4
+    assert inference["success"]["ns"] >= inference["queue"]["ns"] > 0
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"]] == [
+        (1, 1),
+        (3, 1),
+    ]
+    assert stats["last_inference"] > 0
 
 
 def test_bounded_executor_skips_expired_jobs_and_honours_claims() -> None:

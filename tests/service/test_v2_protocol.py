@@ -1,9 +1,11 @@
-"""The Open Inference Protocol (/v2) spoken by Triton's own client against a real server, and
-its limits and errors through the test client."""
+"""The Open Inference Protocol (/v2) spoken by Triton's own client against a real server (and the
+model repository of ``ccnet export triton`` speaking the same language), and its limits and
+errors through the test client."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ from PIL import Image
 
 from ccnet import Segmenter
 from ccnet.service.core.config import BUNDLED_MODELS
+from tests.export.test_triton import parse_pbtxt
 from tests.service.conftest import make_client, png_bytes
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -195,6 +198,128 @@ def test_readme_tritonclient_script_runs(server, tmp_path) -> None:
     assert done.stdout.startswith("(256, 256) [")
 
 
+# ---------------------------------------------------------------------------- Triton's model routes
+
+SERVED_TENSORS = {
+    "image": ("TYPE_UINT8", [-1, -1, 3]),
+    "image_bytes": ("TYPE_STRING", [1]),
+    "mask": ("TYPE_UINT8", [-1, -1]),
+    "logits": ("TYPE_FP32", [6, -1, -1]),
+}
+
+
+def test_model_config_as_triton_answers(client) -> None:
+    for version in ("", "1"):
+        config = client.get_model_config(MODEL, model_version=version)
+        assert config["name"] == MODEL and config["max_batch_size"] == 8, version
+        tensors = {t["name"]: (t["data_type"], t["dims"]) for t in config["input"]}
+        tensors |= {t["name"]: (t["data_type"], t["dims"]) for t in config["output"]}
+        assert tensors == SERVED_TENSORS, version
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+        classes = json.loads(config["parameters"]["classes"]["string_value"])
+        assert classes == client.get_model_metadata(MODEL)["parameters"]["classes"]
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_model_config("no-such-model")
+    assert unknown.value.status() == "404" and "unknown_model" in str(unknown.value)
+
+
+def test_repository_index_as_triton_answers(client) -> None:
+    index = client.get_model_repository_index()
+    assert [(m["name"], m["version"], m["state"]) for m in index] == [
+        (MODEL, "1", "READY"),
+        ("ccnet3d-tiny", "1", "UNAVAILABLE"),  # a clip model: /v1 only
+    ]
+    assert "/v1/segment/video" in index[1]["reason"]
+
+
+def test_inference_statistics_count_what_ran(client) -> None:
+    def stats(version: str = "") -> dict:
+        (entry,) = client.get_inference_statistics(MODEL, model_version=version)["model_stats"]
+        assert entry["name"] == MODEL and entry["version"] == "1"
+        return entry
+
+    before = stats()
+    photos = np.stack([_photo("astronaut", 8), _photo("chelsea", 4)[:64, :64]])  # two 64×64
+    image = httpclient.InferInput("image", list(photos.shape), "UINT8")
+    image.set_data_from_numpy(photos)
+    client.infer(MODEL, [image])
+    after = stats("1")
+    assert after["inference_count"] - before["inference_count"] == 2
+    inference, earlier = after["inference_stats"], before["inference_stats"]
+    for part in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert inference[part]["count"] - earlier[part]["count"] == 2, part
+        assert inference[part]["ns"] >= earlier[part]["ns"], part
+    assert inference["success"]["ns"] > earlier["success"]["ns"]
+    assert inference["fail"] == earlier["fail"]
+    assert after["execution_count"] > before["execution_count"]
+    executions = sum(batch["compute_infer"]["count"] for batch in after["batch_stats"])
+    assert executions == after["execution_count"]
+    assert after["last_inference"] >= max(before["last_inference"], 1)
+    every = client.get_inference_statistics()["model_stats"]
+    assert [entry["name"] for entry in every] == [MODEL]  # the image models /v2 serves
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_inference_statistics("no-such-model")
+    assert unknown.value.status() == "404" and "unknown_model" in str(unknown.value)
+
+
+def test_routes_we_lack_answer_in_the_protocols_shape(client) -> None:
+    """tritonclient calls this server does not implement get a readable error, not a crash."""
+    with pytest.raises(InferenceServerException) as trace:
+        client.get_trace_settings()
+    assert trace.value.status() == "404" and "GET /v2/trace/setting" in str(trace.value)
+    with pytest.raises(InferenceServerException) as load:
+        client.load_model(MODEL)
+    assert load.value.status() == "404" and "not_found" in str(load.value)
+    assert client.is_server_live()
+
+
+@pytest.fixture(scope="module")
+def triton_model(tmp_path_factory) -> Path:
+    """``ccnet export triton`` of the model the server serves (the bundled ccnet-tiny), with
+    its default interface and the logits output."""
+    from ccnet.export.onnx import export_onnx
+    from ccnet.export.triton import write_triton_repository
+
+    folder = tmp_path_factory.mktemp("triton")
+    network = export_onnx(
+        BUNDLED_MODELS[0], folder / "onnx", check_sizes=((64, 96), (75, 57)), progress=None
+    )
+    written = write_triton_repository(
+        network.model_path, folder / "repo", "ccnet_tiny", logits=True, progress=None
+    )
+    return written.model_dir
+
+
+def test_exported_triton_model_gives_the_v2_masks(client, triton_model) -> None:
+    """The same UINT8 tensor to /v2 (tritonclient) and to the exported Triton model (ONNX
+    Runtime, as Triton's onnxruntime backend runs it): the same mask, byte for byte, on three
+    photographs of different sizes (two off the stride of 8); the same tensors declared."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(triton_model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for name in ("chelsea", "coffee", "rocket"):  # 300×451, 400×600, 427×640
+        batch = _photo(name)[None]
+        image = httpclient.InferInput("image", list(batch.shape), "UINT8")
+        image.set_data_from_numpy(batch)
+        wanted = [httpclient.InferRequestedOutput(n) for n in ("mask", "logits")]
+        served = client.infer(MODEL, [image], outputs=wanted)
+        mask, logits = session.run(["mask", "logits"], {"image": batch})
+        assert mask.dtype == served.as_numpy("mask").dtype == np.uint8, name
+        assert mask.shape == batch.shape[:3], name
+        assert mask.tobytes() == served.as_numpy("mask").tobytes(), name
+        # the server runs PyTorch, the export ONNX Runtime: logits agree to float rounding
+        np.testing.assert_allclose(logits, served.as_numpy("logits"), rtol=1e-4, atol=1e-4)
+    exported = parse_pbtxt((triton_model / "config.pbtxt").read_text())
+    tensors = {}
+    for block in (*exported["input"], *exported["output"]):
+        for tensor in block if isinstance(block, list) else [block]:
+            tensors[tensor["name"][0]] = (tensor["data_type"][0], tensor["dims"][0])
+    served_tensors = {k: v for k, v in SERVED_TENSORS.items() if k != "image_bytes"}
+    assert tensors == served_tensors  # all but the encoded files, which a graph cannot decode
+
+
 # ---------------------------------------------------------------------------- via TestClient
 
 
@@ -259,3 +384,54 @@ def test_clip_models_are_refused_on_v2() -> None:
         response = client.post("/v2/models/ccnet3d-tiny/infer", json={"inputs": []})
     assert response.status_code == 400
     assert response.json()["code"] == "unsupported_model"
+
+
+def test_every_v2_error_has_the_protocols_shape() -> None:
+    """Unknown routes (404), wrong methods (405), a bad key (401), bad bodies (400, 422):
+    ``error`` is a string under /v2; /v1 keeps its ``{"error": {"code", "message"}}``."""
+    with make_client(api_key="secret") as client:
+        key = {"X-API-Key": "secret"}
+        answers = [
+            (client.get("/v2/no/such/route", headers=key), 404, "not_found"),
+            (client.get("/v2/repository/index", headers=key), 405, "method_not_allowed"),
+            (client.get(f"/v2/models/{MODEL}/config"), 401, "unauthorized"),
+            (client.get("/v2/models/no-such-model/stats", headers=key), 404, "unknown_model"),
+            (
+                client.post("/v2/repository/index", content=b"[1]", headers=key),
+                400,
+                "invalid_request",
+            ),
+            (
+                client.post("/v2/repository/index", content=b" " * 2000, headers=key),
+                413,
+                "payload_too_large",
+            ),
+        ]
+        for response, status, code in answers:
+            body = response.json()
+            assert response.status_code == status, response.text
+            assert isinstance(body["error"], str) and body["error"].startswith(f"{code}: ")
+            assert body["code"] == code
+        assert client.get("/v1/no/such/route").json()["error"]["code"] == "not_found"
+        ready = client.post("/v2/repository/index", json={"ready": True}, headers=key).json()
+        assert ready == [{"name": MODEL, "version": "1", "state": "READY"}]
+
+
+def test_repository_index_lists_files_that_failed_to_load() -> None:
+    """A models-folder file that failed to load is UNAVAILABLE with the reason, unless the
+    name still serves (a failed reload keeps the previous version READY)."""
+    from ccnet.service.reload import LoadFailure
+
+    with make_client() as client:
+        registry = client.app.state.ccnet.registry
+        for file in ("broken.pt", f"{MODEL}.pt"):
+            failure = LoadFailure(file, "0" * 64, f"ValueError: {file}: not a checkpoint", 0.0)
+            registry.record_failure(failure, file)
+        index = client.post("/v2/repository/index").json()
+    assert [(m["name"], m["state"]) for m in index] == [
+        ("broken", "UNAVAILABLE"),
+        (MODEL, "READY"),
+        ("ccnet3d-tiny", "UNAVAILABLE"),
+    ]
+    assert index[0]["reason"] == "broken.pt failed to load: ValueError: broken.pt: not a checkpoint"
+    assert index[0]["version"] == ""

@@ -15,7 +15,9 @@ FP32 ``[N, K, H, W]``. Each image runs through the pipeline of /v1/segment (``Se
 prepare and finish) on the model's micro-batcher, under the same API key, byte, pixel and
 memory limits, deadline, status codes and error codes as /v1; error bodies take the
 protocol's shape (``error`` a string) so Triton's client can read them. Only image models are
-served here.
+served here. The tensors are ``export.runtime.image_interface``'s, which the Triton repository
+of ``ccnet export triton`` speaks too; ``routes.v2_repository`` answers the model
+configuration, statistics and repository index.
 """
 
 from __future__ import annotations
@@ -24,16 +26,15 @@ import asyncio
 import base64
 import binascii
 import struct
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 
+from ccnet.export.runtime.image_interface import image_inputs, image_outputs
 from ccnet.inference.codecs import ImageDecodeError, ImageTooLargeError, decode_image
 from ccnet.inference.pipeline import logits_to_size
 from ccnet.service.admission import OverBudgetError, Reservation
@@ -49,39 +50,8 @@ from ccnet.service.served import ServedImageModel
 __all__ = ["router"]
 
 
-class _ProtocolRoute(APIRoute):
-    """Errors in the protocol's shape, ``{"error": "<code>: <message>", "code": "<code>"}``:
-    Triton's client reads ``error`` as a string (a nested object makes it raise TypeError
-    while formatting the exception). Status codes, codes and headers are /v1's."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def protocol_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as error:
-                return _error(error.status, error.code, error.message, error.headers)
-            except RequestValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-                )
-                return _error(422, "validation_error", problems)
-
-        return protocol_handler
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"error": f"{code}: {message}", "code": code})
-    return Response(
-        body,
-        status_code=status,
-        media_type="application/json",
-        headers={**(headers or {}), "X-Error-Code": code},
-    )
-
-
-router = APIRouter(prefix="/v2", tags=["inference protocol (v2)"], route_class=_ProtocolRoute)
+# errors take the protocol's shape for every /v2 path (``errors.error_response_for``)
+router = APIRouter(prefix="/v2", tags=["inference protocol (v2)"])
 
 VERSION = "1"  # a served model has one version
 _HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -148,12 +118,12 @@ def _metadata(served: ServedImageModel) -> dict[str, Any]:
         "versions": [VERSION],
         "platform": f"ccnet_{served.backend.name}",
         "inputs": [
-            {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
-            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+            {"name": t.name, "datatype": t.datatype, "shape": t.shape()}
+            for t in image_inputs(encoded=True)
         ],
         "outputs": [
-            {"name": "mask", "datatype": "UINT8", "shape": [-1, -1, -1]},
-            {"name": "logits", "datatype": "FP32", "shape": [-1, classes, -1, -1]},
+            {"name": t.name, "datatype": t.datatype, "shape": t.shape()}
+            for t in image_outputs(classes, logits=True)
         ],
         "parameters": {"classes": served.info.classes},
     }
