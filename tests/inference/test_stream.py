@@ -91,3 +91,21 @@ def test_a_bad_frame_leaves_the_stream_as_it_was(frames) -> None:
         live.push(np.zeros((10, 10), dtype=np.float32))
     (result,) = live.push(frames[1])
     assert result.frame == 1 and result.context == (0, 1)
+
+
+@pytest.fixture(scope="module")
+def stream_export(tmp_path_factory) -> str:
+    pytest.importorskip("onnxruntime")
+    from ccnet.export.stream_onnx import export_stream
+
+    return str(export_stream("ccnet3d-tiny", tmp_path_factory.mktemp("stream")))
+
+
+def test_onnxruntime_split_graphs_match_the_clip_path(frames, offline, stream_export) -> None:
+    live = StreamSegmenter.from_file(stream_export)
+    assert live.model.name == "onnxruntime" and live.window == offline.window
+    for t, frame in enumerate(frames):
+        (result,) = live.push(frame)
+        first = max(0, t - live.window + 1)
+        agree = _agreement(result.mask, _expected(offline, frames, first, t))
+        assert agree >= PARITY, f"onnxruntime, frame {t}: {agree:.4%} of pixels agree"
