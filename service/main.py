@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ccnet.service.api.errors import install_error_handlers
 from ccnet.service.api.middleware import RequestContextMiddleware
-from ccnet.service.api.routes import docs, health, models, segment, ui, v2, video
+from ccnet.service.api.routes import docs, health, models, segment, stream, ui, v2, video
 from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings, get_settings
 from ccnet.service.core.logging import configure_logging
@@ -146,6 +146,7 @@ def create_app(
         ui.router,
         docs.router,
         v2.router,
+        stream.router,
     ):
         app.include_router(router)
     return app
