@@ -184,7 +184,7 @@ def _register_stream(targets: argparse._SubParsersAction) -> None:
         "`StreamSegmenter.from_file(DIR)` and `WS /v1/stream` on onnxruntime (put them beside "
         "the served model.onnx).",
     )
-    stream.add_argument("checkpoint", metavar="CKPT", help="a CCNet3D checkpoint, or ccnet3d-tiny")
+    stream.add_argument("checkpoint", metavar="CKPT", help="a CCNet3D checkpoint")
     stream.add_argument("-o", "--output-dir", required=True, metavar="DIR", help="output directory")
     stream.set_defaults(handler=_cmd_stream)
 

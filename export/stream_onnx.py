@@ -109,7 +109,8 @@ def _graphs(model: CCNet3D, normalization: Any, opset: int) -> tuple[onnx.ModelP
         example_states = Frame().eval()(image)
     stacked = tuple(s.unsqueeze(2).expand(-1, -1, 3, -1, -1).contiguous() for s in example_states)
     op = torch.ops.ccnet_export.criss_cross_attention_3d
-    window_dims = ({2: height, 3: width},) + tuple({2: frames, 3: height, 4: width} for _ in states[1:])
+    stacked_dims = {2: frames, 3: height, 4: width}
+    window_dims = ({2: height, 3: width}, *(stacked_dims for _ in states[1:]))
     window_graph = _capture(
         _fixed_arity(WindowDecoder(network, op=op)).eval(),
         ((example_states[0], *stacked[1:], torch.tensor([1])),),
@@ -127,7 +128,7 @@ def _check(model: CCNet3D, normalization: Any, frame: bytes, window: bytes) -> d
     import onnxruntime
     import torch
 
-    from ccnet.inference.synth_scenes import render_clip, sample_rng
+    from ccnet.model.samples import sample_photograph
     from ccnet.model.streaming import frame_state_names
 
     states = frame_state_names(model.head.recurrence)
@@ -135,7 +136,9 @@ def _check(model: CCNet3D, normalization: Any, frame: bytes, window: bytes) -> d
         onnxruntime.InferenceSession(g, providers=["CPUExecutionProvider"]) for g in (frame, window)
     ]
     worst_diff, worst_agree = 0.0, 1.0
-    images, _, _ = render_clip(sample_rng(0, "clips", "val", 0), size=96, frames=3)
+    # a real photograph panning by 6 pixels a frame: three frames of a moving scene
+    photo = np.asarray(sample_photograph("astronaut"))[100:200, 100:220]
+    images = [photo[:, 6 * t : 6 * t + 96] for t in range(3)]
     for height, width in _CHECK_SIZES:
         clip = np.stack([im[:height, :width] for im in images]).astype(np.float32)  # (T, H, W, 3)
         pixels = clip.transpose(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
@@ -176,10 +179,9 @@ def export_stream_model(
     Raises:
         ValueError: not a CCNet3D, or the graphs fail the parity check (nothing written).
     """
-    from ccnet.inference.stream_models import STREAM_FORMAT, STREAM_SIDECAR
     from ccnet.model import Normalization
     from ccnet.model.files import ensure_writable_dir, write_files_atomic
-    from ccnet.model.streaming import frame_state_names
+    from ccnet.model.streaming import STREAM_FORMAT, STREAM_SIDECAR, frame_state_names
 
     if not meta["config"].get("video"):
         raise ValueError(f"{source}: an image model; the stream export is for CCNet3D")
@@ -219,10 +221,9 @@ def export_stream_model(
 
 
 def export_stream(checkpoint: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Path:
-    """``ccnet export stream CKPT -o DIR``: a checkpoint (or ``ccnet3d-tiny``) to the graphs."""
-    from ccnet.inference.demo import resolve_model_file
+    """``ccnet export stream CKPT -o DIR``: a CCNet3D checkpoint to the graphs."""
     from ccnet.model import load_checkpoint
 
-    path = resolve_model_file(checkpoint)
+    path = Path(checkpoint)
     model, meta = load_checkpoint(path)
     return export_stream_model(model, meta, output_dir, source=str(path))

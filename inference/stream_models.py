@@ -27,6 +27,7 @@ import numpy as np
 
 from ccnet.inference.backends.base import BackendError, InferenceBackend, ModelInfo, info_from_meta
 from ccnet.inference.backends.threads import ThreadPolicy
+from ccnet.model.streaming import STREAM_FORMAT, STREAM_SIDECAR
 
 __all__ = [
     "STREAM_FORMAT",
@@ -37,8 +38,6 @@ __all__ = [
     "stream_model_for",
 ]
 
-STREAM_FORMAT = "ccnet-stream"
-STREAM_SIDECAR = "stream.json"
 FrameState = Any  # opaque to the caller: whatever the model needs of one frame
 
 

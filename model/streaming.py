@@ -28,7 +28,18 @@ from torch import Tensor, nn
 from ccnet.model.cca3d import criss_cross_attention_3d
 from ccnet.model.ccnet import CCNet3D
 
-__all__ = ["FrameEncoder", "WindowDecoder", "criss_cross_attention_at", "frame_state_names"]
+__all__ = [
+    "STREAM_FORMAT",
+    "STREAM_SIDECAR",
+    "FrameEncoder",
+    "WindowDecoder",
+    "criss_cross_attention_at",
+    "frame_state_names",
+]
+
+# the stream export's sidecar: written by ``export.stream_onnx``, read by ``inference``
+STREAM_FORMAT = "ccnet-stream"
+STREAM_SIDECAR = "stream.json"
 
 AttentionOp = Callable[[Tensor, Tensor, Tensor], Tensor]
 

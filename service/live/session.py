@@ -41,7 +41,7 @@ from ccnet.inference.stream import StreamMask, StreamSegmenter
 from ccnet.service.live.hub import SessionHub
 from ccnet.service.live.limits import StreamLimits, StreamOptions
 
-__all__ = ["CLOSE_CODES", "LiveSession", "SessionEnd"]
+__all__ = ["CLOSE_CODES", "LiveSession", "SessionEndError"]
 
 log = logging.getLogger("ccnet.service.live")
 
@@ -63,7 +63,7 @@ CLOSE_CODES = {
 _SEND_GRACE_S = 2.0  # a last error or end message to a client that does not read
 
 
-class SessionEnd(Exception):
+class SessionEndError(Exception):
     """Ends the session with an error message and a close code."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -133,12 +133,15 @@ class LiveSession:
         self._intake_done = False  # end received (or intake stopped by a limit)
         self._finished = False  # the worker answered everything: the end message may go
         self._end_reason = "end"
-        self._fatal: SessionEnd | None = None
+        self._fatal: SessionEndError | None = None
         self._done = asyncio.Event()
         self._work: asyncio.Future[Any] | None = None  # the step running on a hub thread
         self._received_at: dict[int, float] = {}
         self._kept_rgb: dict[int, np.ndarray] = {}  # lookahead overlays: frames not answered
         self._metrics = hub.metrics
+        self._watchdog: asyncio.Task[None] | None = None  # ends a session whose goodbye hangs
+        # the close code and reason, sent last, once every task of the session has stopped
+        self._close: tuple[int, str] | None = None
 
     # ---------------------------------------------------------------- public
 
@@ -154,6 +157,8 @@ class LiveSession:
         try:
             await self._done.wait()
         finally:
+            if self._watchdog is not None:
+                tasks.append(self._watchdog)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,11 +171,17 @@ class LiveSession:
                 reason = self._fatal.code
             elif self._end_reason == "disconnect":
                 reason = "disconnect"
+            if (
+                self._close is not None
+                and self.socket.application_state == WebSocketState.CONNECTED
+            ):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.socket.close(*self._close), _SEND_GRACE_S)
         return reason
 
     def going_away(self, reason: str) -> None:
         """SIGTERM: close with 1001 and ``reason`` (called on the event loop)."""
-        self._fail(SessionEnd("going_away", reason))
+        self._fail(SessionEndError("going_away", reason))
 
     async def closed(self) -> None:
         await self._done.wait()
@@ -193,7 +204,7 @@ class LiveSession:
                     if time.monotonic() - began >= limits.max_duration_s:
                         await self._stop_intake("max_duration")
                         return
-                    raise SessionEnd(
+                    raise SessionEndError(
                         "idle_timeout",
                         f"nothing received for {limits.idle_timeout_s:g} s; the session is closed",
                     ) from None
@@ -205,7 +216,7 @@ class LiveSession:
                     await self._on_frame(message["bytes"])
                 elif message.get("text") is not None:
                     await self._on_control(message["text"])
-        except SessionEnd as end:
+        except SessionEndError as end:
             self._fail(end)
         except WebSocketDisconnect:
             self._end_reason = "disconnect"
@@ -213,7 +224,7 @@ class LiveSession:
 
     async def _on_frame(self, data: bytes) -> None:
         if len(data) > self.limits.max_frame_bytes:
-            raise SessionEnd(
+            raise SessionEndError(
                 "payload_too_large",
                 f"a frame of {len(data)} bytes is over the limit of "
                 f"{self.limits.max_frame_bytes} (CCNET_STREAM_MAX_FRAME_BYTES)",
@@ -285,11 +296,11 @@ class LiveSession:
             async with self._changed:
                 self._finished = True
                 self._changed.notify_all()
-        except SessionEnd as end:
+        except SessionEndError as end:
             self._fail(end)
         except Exception:
             log.exception("live session on %s failed", self.model)
-            self._fail(SessionEnd("internal_error", "the server failed on this session"))
+            self._fail(SessionEndError("internal_error", "the server failed on this session"))
 
     async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -349,7 +360,7 @@ class LiveSession:
             counts.bad_in_a_row += 1
             self._metrics.frames.labels(self.model, "invalid").inc()
             if counts.bad_in_a_row >= self.limits.max_bad_frames:
-                raise SessionEnd(
+                raise SessionEndError(
                     "too_many_invalid_frames",
                     f"{counts.bad_in_a_row} frames in a row could not be decoded; last: "
                     f"{answers['message']}",
@@ -390,7 +401,7 @@ class LiveSession:
                     await self.socket.send_bytes(answer.payload)
                 if last:
                     await self.socket.send_json({"type": "end", **self._summary()})
-                    await self.socket.close(1000)
+                    self._close = (1000, "")
                     self._done.set()
                     return
             await self._send_error(self._fatal)
@@ -401,11 +412,7 @@ class LiveSession:
     def _has_output(self) -> bool:
         counts = self.counts
         return bool(
-            self._fatal
-            or self._out
-            or counts.notes
-            or counts.skipped_unsent
-            or self._finished
+            self._fatal or self._out or counts.notes or counts.skipped_unsent or self._finished
         )
 
     def _summary(self) -> dict[str, Any]:
@@ -418,7 +425,7 @@ class LiveSession:
             "invalid": counts.invalid,
         }
 
-    def _fail(self, end: SessionEnd) -> None:
+    def _fail(self, end: SessionEndError) -> None:
         """Record a fatal problem; the sender says it and closes (called on the loop)."""
         if self._fatal is None and not self._done.is_set():
             self._fatal = end
@@ -430,9 +437,9 @@ class LiveSession:
                 await asyncio.sleep(3 * _SEND_GRACE_S)
                 self._done.set()
 
-            asyncio.get_running_loop().create_task(wake())
+            self._watchdog = asyncio.get_running_loop().create_task(wake())
 
-    async def _send_error(self, end: SessionEnd) -> None:
+    async def _send_error(self, end: SessionEndError) -> None:
         """The error message and the close, bounded in time (the client may not read)."""
         socket = self.socket
         if socket.application_state != WebSocketState.CONNECTED:
@@ -440,10 +447,7 @@ class LiveSession:
         body = {"type": "error", "code": end.code, "message": end.message, **self._summary()}
         with contextlib.suppress(Exception):
             await asyncio.wait_for(socket.send_json(body), _SEND_GRACE_S)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                socket.close(CLOSE_CODES.get(end.code, 1011), end.message[:120]), _SEND_GRACE_S
-            )
+        self._close = (CLOSE_CODES.get(end.code, 1011), end.message[:120])
 
 
 def _frame_error(index: int, code: str, message: str) -> dict[str, Any]:

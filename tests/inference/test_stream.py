@@ -87,7 +87,7 @@ def test_bad_options_are_refused(kwargs, message) -> None:
 def test_a_bad_frame_leaves_the_stream_as_it_was(frames) -> None:
     live = StreamSegmenter.from_file("ccnet3d-tiny")
     live.push(frames[0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="uint8 image"):
         live.push(np.zeros((10, 10), dtype=np.float32))
     (result,) = live.push(frames[1])
     assert result.frame == 1 and result.context == (0, 1)
@@ -97,8 +97,10 @@ def test_a_bad_frame_leaves_the_stream_as_it_was(frames) -> None:
 def stream_export(tmp_path_factory) -> str:
     pytest.importorskip("onnxruntime")
     from ccnet.export.stream_onnx import export_stream
+    from ccnet.inference.demo import resolve_model_file
 
-    return str(export_stream("ccnet3d-tiny", tmp_path_factory.mktemp("stream")))
+    folder = tmp_path_factory.mktemp("stream")
+    return str(export_stream(resolve_model_file("ccnet3d-tiny"), folder))
 
 
 def test_onnxruntime_split_graphs_match_the_clip_path(frames, offline, stream_export) -> None:
@@ -109,3 +111,38 @@ def test_onnxruntime_split_graphs_match_the_clip_path(frames, offline, stream_ex
         first = max(0, t - live.window + 1)
         agree = _agreement(result.mask, _expected(offline, frames, first, t))
         assert agree >= PARITY, f"onnxruntime, frame {t}: {agree:.4%} of pixels agree"
+
+
+def test_predict_live_writes_each_frame_as_it_comes(frames, offline, tmp_path, capsys) -> None:
+    """``ccnet predict SOURCE --live`` on a clip file: a mask per frame, JSON lines on stdout,
+    the same masks as the library's stream on the decoded frames."""
+    import json
+
+    import av
+    from PIL import Image
+
+    from ccnet.cli import main
+    from ccnet.inference.video import encode_overlay_video
+
+    even = np.stack([f[:96, :128] for f in frames])  # even sizes for the H.264 encoder
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(encode_overlay_video(even, 10.0, "mp4"))
+    with av.open(str(source)) as container:  # what the command will see (lossy codec)
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    argv = ["predict", str(source), "--live", "-o", str(tmp_path / "out"), "--output", "both"]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["frame"] for line in lines] == list(range(len(decoded)))
+    local = StreamSegmenter.from_file("ccnet3d-tiny")
+    for line, frame in zip(lines, decoded, strict=True):
+        (expected,) = local.push(frame)
+        mask = np.array(Image.open(tmp_path / "out" / line["files"]["mask"]))
+        assert (mask == expected.mask).mean() >= PARITY, line
+        assert (tmp_path / "out" / line["files"]["overlay"]).is_file()
+
+
+def test_predict_live_names_a_source_it_cannot_open(tmp_path, capsys) -> None:
+    from ccnet.cli import main
+
+    assert main(["predict", str(tmp_path / "nothing.mp4"), "--live", "-o", str(tmp_path)]) == 2
+    assert "nothing.mp4: cannot open" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``WS /v1/stream``: live segmentation of a camera or a stream, frame by frame (README "Live video").
+"""``WS /v1/stream``: live segmentation of a camera or stream, frame by frame (README: Live video).
 
 The handshake is accepted first and every refusal is then *said*: a JSON
 ``{"type": "error", "code", "message"}`` and a close code (a browser's WebSocket sees nothing
@@ -29,7 +29,7 @@ from ccnet.inference.stream import StreamSegmenter
 from ccnet.service.admission import OverBudgetError, Reservation
 from ccnet.service.api.state import AppState, app_state
 from ccnet.service.live.limits import StreamOptions, session_bytes
-from ccnet.service.live.session import CLOSE_CODES, LiveSession, SessionEnd
+from ccnet.service.live.session import CLOSE_CODES, LiveSession, SessionEndError
 from ccnet.service.registry import UnknownModelError
 from ccnet.service.served import ServedVideoModel
 
@@ -73,22 +73,24 @@ def _options(socket: WebSocket, state: AppState, window: int) -> StreamOptions:
     settings = state.settings
     output = query.get("output", "mask")
     if output not in ("mask", "overlay"):
-        raise SessionEnd("validation_error", f"output must be mask or overlay, got {output!r}")
+        raise SessionEndError("validation_error", f"output must be mask or overlay, got {output!r}")
     try:
         alpha = float(query.get("alpha", "0.5"))
         max_side = int(query.get("max_side", str(settings.max_video_side)))
         lookahead = int(query.get("lookahead", "0"))
     except ValueError as error:
-        raise SessionEnd("validation_error", f"a query option is not a number: {error}") from None
+        raise SessionEndError(
+            "validation_error", f"a query option is not a number: {error}"
+        ) from None
     if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
-        raise SessionEnd("validation_error", f"alpha must be in [0, 1], got {alpha}")
+        raise SessionEndError("validation_error", f"alpha must be in [0, 1], got {alpha}")
     if not 8 <= max_side <= settings.max_video_side:
-        raise SessionEnd(
+        raise SessionEndError(
             "validation_error",
             f"max_side must be in [8, {settings.max_video_side}], got {max_side}",
         )
     if not 0 <= lookahead < window:
-        raise SessionEnd(
+        raise SessionEndError(
             "validation_error",
             f"lookahead must be in [0, {window}) for this {window}-frame model, got {lookahead}",
         )
@@ -118,7 +120,7 @@ def _open_segmenter(served: ServedVideoModel, options: StreamOptions) -> StreamS
     return StreamSegmenter(model, max_side=options.max_side, lookahead=options.lookahead)
 
 
-async def _refuse(socket: WebSocket, end: SessionEnd, metrics: Any) -> None:
+async def _refuse(socket: WebSocket, end: SessionEndError, metrics: Any) -> None:
     metrics.closes.labels(end.code).inc()
     await socket.send_json({"type": "error", "code": end.code, "message": end.message})
     await socket.close(CLOSE_CODES.get(end.code, 1011), end.message[:120])
@@ -134,7 +136,7 @@ async def stream(socket: WebSocket) -> None:
     settings = state.settings
     if not _origin_allowed(socket, settings.cors_origins):
         origin = socket.headers.get("origin")
-        end = SessionEnd("forbidden_origin", f"origin {origin} is not allowed (CORS_ORIGINS)")
+        end = SessionEndError("forbidden_origin", f"origin {origin} is not allowed (CORS_ORIGINS)")
         return await _refuse(socket, end, hub.metrics)
     if settings.api_key is not None:
         offered = _offered_key(socket, subprotocols)
@@ -144,14 +146,14 @@ async def stream(socket: WebSocket) -> None:
                 "a valid API key is required (X-API-Key, Authorization: Bearer, or the "
                 f"subprotocol {KEY_PREFIX}KEY next to {SUBPROTOCOL})"
             )
-            return await _refuse(socket, SessionEnd("unauthorized", message), hub.metrics)
+            return await _refuse(socket, SessionEndError("unauthorized", message), hub.metrics)
     if not hub.take_slot():
         reason = hub.stopping or (
             f"{hub.limits.max_sessions} live sessions are open, the most this server takes "
             "(CCNET_STREAM_MAX_SESSIONS); try again later"
         )
         code = "going_away" if hub.stopping else "overloaded"
-        return await _refuse(socket, SessionEnd(code, reason), hub.metrics)
+        return await _refuse(socket, SessionEndError(code, reason), hub.metrics)
     try:
         await _serve(socket, state)
     finally:
@@ -162,12 +164,12 @@ async def _serve(socket: WebSocket, state: AppState) -> None:
     hub = state.streams
     problem = state.readiness.problem()
     if problem is not None:
-        return await _refuse(socket, SessionEnd("unavailable", problem.message), hub.metrics)
+        return await _refuse(socket, SessionEndError("unavailable", problem.message), hub.metrics)
     name = socket.query_params.get("model")
     try:
         served = state.registry.lease(lambda: state.registry.get(name, ServedVideoModel))
     except UnknownModelError as error:
-        return await _refuse(socket, SessionEnd("unknown_model", str(error)), hub.metrics)
+        return await _refuse(socket, SessionEndError("unknown_model", str(error)), hub.metrics)
     reservation: Reservation | None = None
     segmenter: StreamSegmenter | None = None
     try:
@@ -176,7 +178,7 @@ async def _serve(socket: WebSocket, state: AppState) -> None:
         try:
             segmenter = await loop.run_in_executor(hub.executor, _open_segmenter, served, options)
         except (BackendError, ValueError) as error:
-            raise SessionEnd("validation_error", str(error)) from None
+            raise SessionEndError("validation_error", str(error)) from None
         reservation = _admit(state, served, segmenter, options)
         await socket.send_json(_ready(served, segmenter, options, reservation.nbytes, hub.limits))
         session = LiveSession(
@@ -202,7 +204,7 @@ async def _serve(socket: WebSocket, state: AppState) -> None:
             reason,
             session.counts.__dict__ | {"notes": None, "skipped_unsent": None},
         )
-    except SessionEnd as end:
+    except SessionEndError as end:
         await _refuse(socket, end, hub.metrics)
     finally:
         if segmenter is not None:
@@ -229,7 +231,7 @@ def _admit(
         reservation = state.budget.reserve(cost.total, "a live session")
     except OverBudgetError as error:
         code = "overloaded" if error.fits_ever else "payload_too_large"
-        raise SessionEnd(code, str(error)) from None
+        raise SessionEndError(code, str(error)) from None
     state.metrics.budget_used.set(state.budget.used)
     return reservation
 
