@@ -255,3 +255,55 @@ def test_a_disconnect_mid_stream_frees_the_slot(frames) -> None:
             with client.websocket_connect(URL) as ws:
                 assert ws.receive_json()["type"] == "ready"
                 ws.send_bytes(png_bytes(frames[1]))
+
+
+def test_a_session_keeps_its_model_version_across_a_hot_reload(tmp_path, frames) -> None:
+    """A reload swaps the model for new sessions; the open one ends on the version it began
+    on, and that version is closed only after it."""
+    import shutil
+    import threading
+    import time
+
+    import torch
+
+    from ccnet.inference.demo import ASSETS
+    from ccnet.model.files import file_sha256
+    from ccnet.service.api.state import app_state
+    from ccnet.service.reload import ModelVersion
+    from ccnet.service.served import ServedVideoModel
+
+    NAME = "ccnet3d-tiny"  # noqa: N806 - the checkpoint's own name, whatever the file's
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(ASSETS / "ccnet3d-tiny.pt", models / "clip.pt")
+    with make_client(model_dir=models, model_poll_s=3600) as client:
+        registry = app_state(client.app).registry
+        old = registry.get(NAME, ServedVideoModel)
+        closed = threading.Event()
+        real_close = old.close
+        old.close = lambda: (real_close(), closed.set())  # type: ignore[method-assign]
+        with client.websocket_connect(URL) as ws:
+            first = ws.receive_json()["version"]["sha256"]
+            ws.send_bytes(png_bytes(frames[0]))
+            assert ws.receive_json()["frame"] == 0
+            ws.receive_bytes()
+
+            checkpoint = torch.load(models / "clip.pt", weights_only=False)
+            checkpoint["note"] = "version 2"  # same weights, another file
+            torch.save(checkpoint, tmp_path / "next.pt")
+            shutil.move(tmp_path / "next.pt", models / "clip.pt")
+            path = models / "clip.pt"
+            version = ModelVersion(path, file_sha256(path), time.time())
+            assert registry.replace_from_file(path, version, NAME) == NAME
+            assert registry.get(NAME, ServedVideoModel) is not old
+
+            with client.websocket_connect(URL) as other:
+                assert other.receive_json()["version"]["sha256"] == version.sha256 != first
+            ws.send_bytes(png_bytes(frames[1]))  # the old version still answers this one
+            header = ws.receive_json()
+            assert header["frame"] == 1 and header["context"] == [0, 1]
+            ws.receive_bytes()
+            assert not closed.is_set(), "the version in use was closed under the session"
+            ws.send_json({"type": "end"})
+            assert _until_close(ws)[-1] == {"close": 1000}
+        assert closed.wait(10), "the old version outlived its last session"
