@@ -272,7 +272,7 @@ def test_a_session_keeps_its_model_version_across_a_hot_reload(tmp_path, frames)
     from ccnet.service.reload import ModelVersion
     from ccnet.service.served import ServedVideoModel
 
-    NAME = "ccnet3d-tiny"  # noqa: N806 - the checkpoint's own name, whatever the file's
+    NAME = "ccnet3d-tiny"
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(ASSETS / "ccnet3d-tiny.pt", models / "clip.pt")
