@@ -5,6 +5,8 @@
 
 Parts (``--parts``, comma-separated):
 
+- ``engine``: per-frame compute in one process, interleaved: the full 4-frame window, one
+  incremental step and its halves, the 2D model on one frame (320×448, fp32).
 - ``latency``: a real ``ccnet serve`` on 127.0.0.1 (bundled demo models, ``--threads``
   intra-op threads). 1, 2 and 4 clients, each lock-step (send a frame, wait for its answer)
   over ``--frames`` 320×448 frames, three ways: **stream** (``WS /v1/stream``, ccnet3d-tiny,
@@ -214,6 +216,54 @@ def part_latency(args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- engine
+
+
+def part_engine(args: argparse.Namespace) -> list[dict]:
+    """Per-frame compute in process, interleaved round by round (``bench._measure``): the
+    full T-frame window, one incremental step (backbone + window step), its two halves, and
+    the 2D model on one frame; 320×448, fp32, ``--threads`` threads."""
+    import torch
+
+    from bench._measure import time_interleaved
+    from ccnet.inference.demo import resolve_model_file
+    from ccnet.model import load_checkpoint
+    from ccnet.model.streaming import FrameEncoder, WindowDecoder
+
+    torch.manual_seed(0)
+    clip_model = load_checkpoint(resolve_model_file("ccnet3d-tiny"))[0].eval()
+    image_model = load_checkpoint(resolve_model_file("ccnet-tiny"))[0].eval()
+    encoder, decoder = FrameEncoder(clip_model).eval(), WindowDecoder(clip_model).eval()
+    window = torch.randn(1, 3, 4, HEIGHT, WIDTH)
+    frame = window[:, :, -1].contiguous()
+    with torch.inference_mode():
+        states = [encoder(window[:, :, t].contiguous()) for t in range(4)]
+        stacked = [torch.stack([s[i] for s in states], 2) for i in range(1, len(states[0]))]
+        target = torch.tensor([3])
+
+        def step() -> object:
+            encoder(frame)
+            return decoder(states[3][0], *stacked, target)
+
+        times = time_interleaved(
+            {
+                "full 4-frame window (re-run per frame)": lambda: clip_model(window),
+                "incremental step (backbone + window step)": step,
+                "  backbone + per-frame head convs (encode)": lambda: encoder(frame),
+                "  window step: 1st pass over 4, 2nd pass + head for 1 (decode)": lambda: decoder(
+                    states[3][0], *stacked, target
+                ),
+                "2D model, one frame (ccnet-tiny)": lambda: image_model(frame),
+            },
+            rounds=args.rounds,
+        )
+    base = times["2D model, one frame (ccnet-tiny)"]
+    rows = [{"what": k, "ms": round(v, 1), "x_2d": round(v / base, 2)} for k, v in times.items()]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 # ----------------------------------------------------------------------------- stability
 
 
@@ -418,7 +468,8 @@ def part_hostile(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="latency,stability,hostile")
+    parser.add_argument("--parts", default="engine,latency,stability,hostile")
+    parser.add_argument("--rounds", type=int, default=15, help="timing rounds (engine)")
     parser.add_argument("--frames", type=int, default=24, help="frames per client (latency)")
     parser.add_argument("--sessions", default="1,2,4", help="concurrent clients (latency)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads per pass")
@@ -444,6 +495,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
+        if "engine" in parts:
+            results["engine"] = part_engine(args)
         if "latency" in parts:
             results["latency"] = part_latency(args, work)
         if "stability" in parts:
