@@ -307,3 +307,34 @@ def test_a_session_keeps_its_model_version_across_a_hot_reload(tmp_path, frames)
             ws.send_json({"type": "end"})
             assert _until_close(ws)[-1] == {"close": 1000}
         assert closed.wait(10), "the old version outlived its last session"
+
+
+def test_an_onnx_model_streams_with_its_stream_export_beside_it(tmp_path, frames) -> None:
+    """A served model.onnx streams on ONNX Runtime when ``ccnet export stream`` put its two
+    graphs beside it; without them the session is refused with a message that says so."""
+    pytest.importorskip("onnxruntime")
+    from ccnet.export.onnx import export_onnx
+    from ccnet.export.stream_onnx import export_stream
+    from ccnet.inference.demo import resolve_model_file
+
+    checkpoint = resolve_model_file("ccnet3d-tiny")
+    folder = tmp_path / "clip"
+    exported = export_onnx(checkpoint, folder, check_sizes=[(64, 96), (48, 64)])
+    with make_client(models=[str(exported.model_path)]) as client:
+        error, closed = _refusal(client)
+        assert (error["code"], closed) == ("validation_error", 1008)
+        assert "ccnet export stream" in error["message"]
+    export_stream(checkpoint, folder)
+    local = StreamSegmenter.from_file("ccnet3d-tiny")
+    with make_client(models=[str(exported.model_path)]) as client:
+        with client.websocket_connect(URL) as ws:
+            ready = ws.receive_json()
+            assert ready["backend"] == "onnxruntime", ready
+            for t, frame in enumerate(frames[:3]):
+                ws.send_bytes(png_bytes(frame))
+                assert ws.receive_json()["frame"] == t
+                mask = np.array(Image.open(io.BytesIO(ws.receive_bytes())))
+                (expected,) = local.push(frame)
+                assert (mask == expected.mask).mean() >= 0.999, f"frame {t}"
+            ws.send_json({"type": "end"})
+            assert _until_close(ws)[-1] == {"close": 1000}
