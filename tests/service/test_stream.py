@@ -326,15 +326,15 @@ def test_an_onnx_model_streams_with_its_stream_export_beside_it(tmp_path, frames
         assert "ccnet export stream" in error["message"]
     export_stream(checkpoint, folder)
     local = StreamSegmenter.from_file("ccnet3d-tiny")
-    with make_client(models=[str(exported.model_path)]) as client:
-        with client.websocket_connect(URL) as ws:
-            ready = ws.receive_json()
-            assert ready["backend"] == "onnxruntime", ready
-            for t, frame in enumerate(frames[:3]):
-                ws.send_bytes(png_bytes(frame))
-                assert ws.receive_json()["frame"] == t
-                mask = np.array(Image.open(io.BytesIO(ws.receive_bytes())))
-                (expected,) = local.push(frame)
-                assert (mask == expected.mask).mean() >= 0.999, f"frame {t}"
-            ws.send_json({"type": "end"})
-            assert _until_close(ws)[-1] == {"close": 1000}
+    client = make_client(models=[str(exported.model_path)])
+    with client, client.websocket_connect(URL) as ws:
+        ready = ws.receive_json()
+        assert ready["backend"] == "onnxruntime", ready
+        for t, frame in enumerate(frames[:3]):
+            ws.send_bytes(png_bytes(frame))
+            assert ws.receive_json()["frame"] == t
+            mask = np.array(Image.open(io.BytesIO(ws.receive_bytes())))
+            (expected,) = local.push(frame)
+            assert (mask == expected.mask).mean() >= 0.999, f"frame {t}"
+        ws.send_json({"type": "end"})
+        assert _until_close(ws)[-1] == {"close": 1000}
