@@ -25,6 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_onnx(targets)
     _register_tensorrt(targets)
     _register_triton(targets)
+    _register_stream(targets)
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -169,6 +170,29 @@ def _summary(sidecar: dict, path: object) -> dict:
             {k: case[k] for k in _PARITY_FIELDS if k in case} for case in sidecar["parity"]["cases"]
         ],
     }
+
+
+# ---------------------------------------------------------------------------- stream
+
+
+def _register_stream(targets: argparse._SubParsersAction) -> None:
+    stream = targets.add_parser(
+        "stream",
+        help="CCNet3D checkpoint -> the two graphs of live streaming, checked against PyTorch",
+        description="Write stream_frame.onnx (one frame -> its cached state), "
+        "stream_window.onnx (a window of states -> one frame's logits) and stream.json, for "
+        "`StreamSegmenter.from_file(DIR)` and `WS /v1/stream` on onnxruntime (put them beside "
+        "the served model.onnx).",
+    )
+    stream.add_argument("checkpoint", metavar="CKPT", help="a CCNet3D checkpoint")
+    stream.add_argument("-o", "--output-dir", required=True, metavar="DIR", help="output directory")
+    stream.set_defaults(handler=_cmd_stream)
+
+
+def _cmd_stream(args: argparse.Namespace) -> None:
+    from ccnet.export.stream_onnx import export_stream
+
+    print(json.dumps({"sidecar": str(export_stream(args.checkpoint, args.output_dir))}))
 
 
 # ---------------------------------------------------------------------------- tensorrt

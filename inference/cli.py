@@ -141,6 +141,25 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr (for logs and CI)"
     )
+    live = predict.add_argument_group("live video (one SOURCE: a file, URL or camera device)")
+    live.add_argument(
+        "--live",
+        action="store_true",
+        help="segment SOURCE frame by frame as it plays with the clip model (CCNet3D, "
+        "incremental: each frame once, the window on the way); masks are written as they come "
+        "and a JSON line per frame goes to stdout",
+    )
+    live.add_argument(
+        "--lookahead",
+        type=int,
+        default=0,
+        help="--live: frames to wait for before a frame is answered (0 = causal, < T)",
+    )
+    live.add_argument("--max-frames", type=positive_int, help="--live: stop after this many frames")
+    live.add_argument(
+        "--input-format",
+        help="--live: FFmpeg input format for a device (v4l2, avfoundation, dshow)",
+    )
     predict.set_defaults(handler=_cmd_predict)
 
 
@@ -384,6 +403,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from ccnet.inference.video import VideoDecodeError, VideoTooLargeError
 
     out_dir = Path(args.output_dir)
+    if args.live:
+        _predict_live(args, out_dir)
+        return
     items = _collect(args, out_dir)
     if not items:
         raise ValueError("nothing to segment: give image or clip files or folders, or --sample")
@@ -416,3 +438,33 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
     if failures:
         raise ValueError(f"{failures} of {len(items)} input(s) could not be segmented")
+
+
+def _predict_live(args: argparse.Namespace, out_dir: Path) -> None:
+    """``--live``: one source through a ``StreamSegmenter`` (``inference.live``)."""
+    from ccnet.inference.live import run_live
+    from ccnet.inference.stream import StreamSegmenter
+
+    if len(args.inputs) != 1 or args.sample:
+        raise ValueError("--live segments one SOURCE: a file, a URL or a camera device")
+    device = args.device
+    if device == "auto":
+        from ccnet.inference.backends.torch_backend import resolve_device
+
+        device = resolve_device("auto").type
+    live = StreamSegmenter.from_file(
+        args.video_checkpoint or BUNDLED_MODELS[1],
+        max_side=max(8, args.max_video_side),
+        lookahead=args.lookahead,
+        device=device,
+    )
+    summary = run_live(
+        args.inputs[0],
+        live,
+        out_dir,
+        overlay=args.output != "png",
+        alpha=args.alpha,
+        input_format=args.input_format,
+        max_frames=args.max_frames,
+    )
+    print(json.dumps(summary), file=sys.stderr)

@@ -19,7 +19,17 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ccnet.service.api.errors import install_error_handlers
 from ccnet.service.api.middleware import RequestContextMiddleware
-from ccnet.service.api.routes import docs, health, models, segment, ui, v2, v2_repository, video
+from ccnet.service.api.routes import (
+    docs,
+    health,
+    models,
+    segment,
+    stream,
+    ui,
+    v2,
+    v2_repository,
+    video,
+)
 from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings, get_settings
 from ccnet.service.core.logging import configure_logging
@@ -147,6 +157,7 @@ def create_app(
         docs.router,
         v2_repository.router,  # before v2's: /v2/models/stats is not a model called "stats"
         v2.router,
+        stream.router,
     ):
         app.include_router(router)
     return app

@@ -16,6 +16,8 @@ from starlette.requests import HTTPConnection
 from ccnet.service.admission import MemoryBudget
 from ccnet.service.core.config import Settings
 from ccnet.service.core.readiness import Readiness
+from ccnet.service.live.hub import SessionHub
+from ccnet.service.live.limits import StreamLimits
 from ccnet.service.metrics import ServiceMetrics
 from ccnet.service.registry import ModelRegistry, Preparer
 from ccnet.service.reload import ModelWatcher
@@ -41,6 +43,8 @@ class AppState:
     probes: ThreadPoolExecutor = field(init=False)
     # rendering (mask PNGs, overlays, clip encoding): admitted work only, so bounded by the budget
     encoders: ThreadPoolExecutor = field(init=False)
+    # live sessions (WS /v1/stream): their cap, threads, metrics and SIGTERM goodbye
+    streams: SessionHub = field(init=False)
     lifespans: int = 0  # test clients may enter the lifespan of a running app
     loader: threading.Thread | None = None
     watcher: ModelWatcher | None = None  # hot reload of ``model_dir``, once the models loaded
@@ -53,6 +57,11 @@ class AppState:
         self.probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self.encoders = ThreadPoolExecutor(
             max(4, 2 * self.settings.decode_workers), thread_name_prefix="encode"
+        )
+        self.streams = SessionHub(
+            StreamLimits.from_settings(self.settings),
+            self.metrics.registry,
+            workers=self.settings.stream_max_sessions,
         )
 
     @classmethod

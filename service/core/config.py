@@ -135,6 +135,23 @@ class Settings(BaseSettings):
     max_form_field_bytes: int = Field(
         64 * 1024, ge=1, description="a multipart part other than the file, and part headers"
     )
+    # live video (WS /v1/stream, service/live): every session bounded when it opens
+    stream_max_sessions: int = Field(8, ge=1, description="live sessions open at once")
+    stream_queue_frames: int = Field(
+        2, ge=1, description="frames a session holds waiting; past it the oldest is skipped"
+    )
+    stream_max_unsent: int = Field(
+        4, ge=1, description="masks a session holds for a client that does not read"
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a session that receives nothing for this long is closed"
+    )
+    stream_max_frames: int = Field(36_000, ge=1, description="frames per session")
+    stream_max_duration_s: float = Field(3600.0, gt=0, description="seconds per session")
+    stream_max_frame_bytes: int = Field(4 * MiB, ge=1, description="one encoded frame")
+    stream_max_bad_frames: int = Field(
+        5, ge=1, description="undecodable frames in a row before a session is closed"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins allowed to call the API from a browser (CORS); none by default",

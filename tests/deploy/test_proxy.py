@@ -394,3 +394,31 @@ def test_oversized_upload_gets_the_services_json_413(
     error = response.json()["error"]
     assert error["code"] and error["message"], error
     assert nginx.access()[-1][3] in {r.address for r in replicas}
+
+
+@pytest.mark.slow
+def test_a_live_session_goes_through_the_proxy(replicas: list[Replica], tmp_path: Path) -> None:
+    """WS /v1/stream through docker/nginx.conf: the upgrade reaches a replica, a frame comes
+    back as a mask, and the service's own close (1000 after ``end``) reaches the client."""
+    import asyncio
+
+    websockets = pytest.importorskip("websockets")
+
+    async def session(url: str) -> tuple[list[object], int | None]:
+        async with websockets.connect(url, subprotocols=["ccnet.v1"]) as ws:
+            assert ws.subprotocol == "ccnet.v1"
+            messages: list[object] = [json.loads(await ws.recv())]
+            await ws.send(_png())
+            await ws.send(json.dumps({"type": "end"}))
+            async for message in ws:
+                messages.append(message if isinstance(message, bytes) else json.loads(message))
+            return messages, ws.close_code
+
+    with Nginx(_program("nginx", "nginx"), tmp_path, [r.address for r in replicas]) as nginx:
+        url = nginx.url.replace("http", "ws", 1) + "/v1/stream?model=ccnet3d-tiny"
+        messages, code = asyncio.run(session(url))
+    assert messages[0]["type"] == "ready", messages[0]
+    assert messages[1]["type"] == "mask" and messages[1]["frame"] == 0
+    assert Image.open(io.BytesIO(messages[2])).format == "PNG"
+    assert messages[-1]["type"] == "end" and messages[-1]["processed"] == 1
+    assert code == 1000
