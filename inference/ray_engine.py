@@ -16,7 +16,7 @@ import math
 import os
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ccnet.inference.batch import Outcome, attempt
@@ -82,11 +82,13 @@ class _SegmentBatch:
         return {"outcome": np.array(outcomes, dtype=object)}
 
 
+def _absolute(item: Item) -> Item:
+    return item if item.path is None else replace(item, path=item.path.absolute())
+
+
 def _worker_config(config: PredictConfig, options: RayOptions) -> PredictConfig:
     """The config as an actor runs it: its forward passes use the CPUs it reserved, one at a
     time (Ray, not threads inside one actor, spreads the work)."""
-    from dataclasses import replace
-
     threads = max(1, math.floor(options.cpus_per_worker))
     load = config.load.replace(threads=threads, inference_workers=1, processes=1)
     return replace(config, load=load)
@@ -111,7 +113,9 @@ def ray_outcomes(
         context.enable_progress_bars = False  # the driver shows one bar with files/s and ETA
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-        tasks = [{"index": i, "task": item.to_json()} for i, item in enumerate(items)]
+        # workers run in folders of their own: they get absolute paths (the manifest keeps
+        # the inputs as given)
+        tasks = [{"index": i, "task": _absolute(item).to_json()} for i, item in enumerate(items)]
         # enough blocks that every actor gets work, few enough that each holds a few batches
         blocks = max(1, min(len(tasks), max(4 * options.workers, len(tasks) // options.batch_size)))
         dataset = ray.data.from_items(tasks, override_num_blocks=blocks)
@@ -141,7 +145,9 @@ def _init(ray: Any, options: RayOptions) -> None:
             # never fewer logical CPUs than the pool reserves: Ray would wait for them forever
             wanted = math.ceil(options.workers * options.cpus_per_worker)
             cpus = options.local_cpus or max(os.cpu_count() or 1, wanted)
-            ray.init(num_cpus=cpus, **quiet)
+            # "local": a fresh Ray for this job, never a `ray start` cluster found on the
+            # machine (that is what --address is for)
+            ray.init(address="local", num_cpus=cpus, **quiet)
     except (ConnectionError, RuntimeError) as error:
         where = options.address or "a local Ray"
         raise ValueError(f"cannot start or join Ray at {where}: {error}") from None
