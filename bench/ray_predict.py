@@ -190,6 +190,16 @@ def _wait_for_nodes(env: dict[str, str], address: str, count: int, timeout: floa
     raise RuntimeError(f"the local cluster at {address} did not reach {count} nodes")
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300)
@@ -280,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     print(f"\n{n} photographs 640×480 JPEG, bundled ccnet-tiny, fp32, --output png")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
+    print(f"{_cpu_model()}, {os.cpu_count()} CPUs\n")
     headers = ["run", "wall s", "images/s", "vs 1 process", "Ray start-up s"]
     headers += ["wall − start-up − 1-process s", "peak PSS MiB"]
     print(format_table(headers, rows))

@@ -218,6 +218,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if not items:
         raise ValueError("nothing to segment: give image or clip files or folders, or --sample")
     config = _config(args)
+    ray_flags = {
+        "--address": args.address is not None,
+        "--workers": args.workers != 1,
+        "--batch-size": args.batch_size != 8,
+        "--cpus-per-worker": args.cpus_per_worker != 1.0,
+        "--num-gpus-per-worker": args.num_gpus_per_worker != 0.0,
+    }
+    if args.engine != "ray" and any(ray_flags.values()):
+        given = ", ".join(flag for flag, set_ in ray_flags.items() if set_)
+        raise ValueError(f"{given}: only with --engine ray")
     if args.engine == "ray":
         _predict_on_ray(args, items, config, out_dir)
     else:

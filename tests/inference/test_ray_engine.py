@@ -283,3 +283,10 @@ def _stop_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def test_ray_flags_need_the_ray_engine(workspace: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(workspace)
+    argv = ["predict", "photos", "-o", "x", "--workers", "4", "--address", "auto"]
+    assert main(argv) == 2
+    assert "--address, --workers: only with --engine ray" in capsys.readouterr().err
