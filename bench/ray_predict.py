@@ -235,8 +235,13 @@ def main(argv: list[str] | None = None) -> None:
         startup[workers] = float(done.stdout.strip().splitlines()[-1])
         print(f"Ray start-up, {workers} worker(s): {startup[workers]:.1f} s", file=sys.stderr)
 
+    # `ccnet predict` gives a lone forward pass every core (2 threads here); a Ray actor's pass
+    # gets the 1 CPU it reserved. On a busy machine a 2-thread OpenMP pass loses much more to
+    # preemption than a 1-thread one, so the same command pinned to one core is shown too.
+    pinned = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
     candidates = {
         "ccnet predict (1 process)": [*base, "-o", str(work / "plain")],
+        "ccnet predict (1 process, 1 core)": [*pinned, *base, "-o", str(work / "plain1")],
         "--engine ray, 1 worker": [*base, "-o", str(work / "ray1"), *ray, "--workers", "1"],
         "--engine ray, 2 workers": [*base, "-o", str(work / "ray2"), *ray, "--workers", "2"],
     }
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
 
     plain = _masks(work / "plain")
     assert len(plain) == n, (len(plain), n)
-    for folder in ("ray1", "ray2", "cluster"):
+    for folder in ("plain1", "ray1", "ray2", "cluster"):
         assert _masks(work / folder) == plain, f"{folder}: masks differ from ccnet predict's"
 
     baseline = results["ccnet predict (1 process)"]["seconds"]
