@@ -9,13 +9,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
-from ccnet.inference.demo import BUNDLED_MODELS
+from ccnet.inference.demo import DEMO_CLIP_MODEL
 from ccnet.inference.options import BACKENDS, PRECISIONS
-from ccnet.model.samples import SAMPLE_IMAGES, sample_photograph
+from ccnet.inference.predict import OUTPUT_KINDS
+from ccnet.model.samples import SAMPLE_IMAGES
 
 __all__ = ["HelpFormatter", "positive_int", "register", "unit_float"]
 
@@ -51,14 +51,6 @@ def unit_float(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------- predict
-
-_OUTPUT_KINDS = {  # --output → what is written for an image and for a clip
-    "png": (("png",), ("zip",)),
-    "overlay": (("overlay",), ("overlay",)),
-    "json": (("json",), ("json",)),
-    "both": (("png", "overlay"), ("zip", "overlay")),
-    "all": (("png", "overlay", "json"), ("zip", "overlay", "json")),
-}
 
 
 def _register_predict(commands: argparse._SubParsersAction) -> None:
@@ -118,7 +110,7 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument(
         "--output",
-        choices=tuple(_OUTPUT_KINDS),
+        choices=tuple(OUTPUT_KINDS),
         default="both",
         help="png: masks (a zip for clips); both = png + overlay; all = both + json",
     )
@@ -160,256 +152,120 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
         "--input-format",
         help="--live: FFmpeg input format for a device (v4l2, avfoundation, dshow)",
     )
+    predict.add_argument(
+        "--input-list",
+        action="append",
+        metavar="FILE",
+        help="a text file of inputs, one path or URI a line (file://, and s3:// gs:// ... "
+        "where pyarrow has the filesystem); relative paths start from the working directory "
+        "(repeatable)",
+    )
+    _register_engine(predict)
     predict.set_defaults(handler=_cmd_predict)
 
 
-class _Models:
-    """The image and clip segmenters, loaded on first use (a run with only images never loads
-    the clip model)."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self._image: Any = None
-        self._clip: Any = None
-
-    def options(self) -> Any:
-        from ccnet.inference.options import LoadOptions
-
-        # the command is an entry point: CCNET_PRECISION, CCNET_CACHE_DIR and CCNET_TRT_PLUGIN
-        # apply as they do to `ccnet serve` (--precision wins)
-        precision = self.args.precision or os.environ.get("CCNET_PRECISION") or "auto"
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"CCNET_PRECISION={precision!r}: choose one of {', '.join(PRECISIONS)}"
-            )
-        cache_dir = os.environ.get("CCNET_CACHE_DIR")
-        plugin = os.environ.get("CCNET_TRT_PLUGIN")
-        return LoadOptions(
-            backend=self.args.backend,
-            cache_dir=Path(cache_dir).expanduser() if cache_dir else LoadOptions().cache_dir,
-            trt_plugin=Path(plugin).expanduser() if plugin else None,
-            device=self.args.device,
-            precision=precision,
-            max_side=max(8, self.args.max_side),
-            max_video_side=max(8, self.args.max_video_side),
-        )
-
-    def image(self) -> Any:
-        from ccnet.inference.facade import open_backend
-        from ccnet.inference.segmenter import Segmenter
-
-        if self._image is None:
-            if self.args.model is not None:
-                self._image = self._untrained(self.args.model)
-            else:
-                path = Path(self.args.checkpoint or BUNDLED_MODELS[0])
-                backend = open_backend(path, self.options())
-                if backend.info.kind != "image":
-                    backend.close()
-                    raise ValueError(
-                        f"{path}: a video (CCNet3D) model; pass it as --video-checkpoint"
-                    )
-                self._image = Segmenter(backend, max_side=self.args.max_side)
-        return self._image
-
-    def _untrained(self, name: str) -> Any:
-        from ccnet.inference.segmenter import Segmenter
-        from ccnet.model import build_model
-
-        model = build_model(name)
-        if model.config is not None and model.config.video:
-            raise ValueError(f"--model {name}: a video configuration; image models only")
-        print(
-            f"note: --model {name} runs with freshly initialised weights: the masks show the "
-            "pipeline, not a trained model",
-            file=sys.stderr,
-        )
-        return Segmenter.from_model(model, max_side=self.args.max_side)
-
-    def clip(self) -> Any:
-        from ccnet.inference.facade import open_backend
-        from ccnet.inference.segmenter import ClipSegmenter
-
-        if self._clip is None:
-            path = Path(self.args.video_checkpoint or BUNDLED_MODELS[1])
-            backend = open_backend(path, self.options())
-            if backend.info.kind != "video":
-                backend.close()
-                raise ValueError(f"{path}: an image model; --video-checkpoint needs CCNet3D")
-            self._clip = ClipSegmenter(backend, max_side=self.args.max_video_side)
-        return self._clip
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One thing to segment: its key in the summary, where its results go, how to read it."""
-
-    key: str  # the input path as given (or the sample's name)
-    target: PurePath  # results are written as ``target`` + each output's suffix
-    path: Path | None = None
-    sample: str | None = None
-
-
-def _mirrored(path: Path) -> PurePath:
-    """Where a path's results go under the output directory: the path itself if it is
-    relative and stays below the working directory, else its name alone."""
-    if not path.is_absolute() and ".." not in path.parts:
-        return PurePath(*path.parts)
-    return PurePath(path.resolve().name)
-
-
-def _collect(args: argparse.Namespace, out_dir: Path) -> list[_Item]:
-    """Samples, files and every image or clip below each folder (sorted, hidden skipped,
-    the output directory excluded), each with a result path no other input shares."""
-    from ccnet.inference.codecs import IMAGE_SUFFIXES
-    from ccnet.inference.video import VIDEO_SUFFIXES
-
-    suffixes = {*IMAGE_SUFFIXES, *VIDEO_SUFFIXES}
-    found: list[tuple[str, PurePath, Path | None, str | None]] = [
-        (name, PurePath(name), None, name) for name in args.sample or []
-    ]
-    skip = out_dir.resolve()
-    for text in args.inputs:
-        path = Path(text)
-        if path.is_dir():
-            files = [
-                f
-                for f in sorted(path.rglob("*"))
-                if f.is_file()
-                and f.suffix.lower() in suffixes
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-                and skip not in f.resolve().parents
-            ]
-            if not files:
-                raise ValueError(f"{path}: no image or clip files in this folder")
-            base = _mirrored(path)
-            found += [(str(f), base / f.relative_to(path), f, None) for f in files]
-        else:
-            found.append((text, _mirrored(path), path, None))
-    return _unique(found)
-
-
-def _unique(found: list[tuple[str, PurePath, Path | None, str | None]]) -> list[_Item]:
-    """Result paths without the inputs' suffixes; where inputs of different types would then
-    share one (photo.jpg, photo.png) the suffix is folded in (photo_jpg, photo_png), and a
-    result path taken all the same gets _2, _3, ... in input order."""
-    stems = [target.with_suffix("") if target.suffix else target for _, target, _, _ in found]
-    suffixes: dict[PurePath, set[str]] = {}
-    for (_, target, _, _), stem in zip(found, stems, strict=True):
-        suffixes.setdefault(stem, set()).add(target.suffix.lower())
-    items, taken, seen = [], set(), set()
-    for (key, target, path, sample), stem in zip(found, stems, strict=True):
-        if key in seen:  # the same file named twice (or by a file and its folder)
-            continue
-        seen.add(key)
-        if len(suffixes[stem]) > 1 and target.suffix:
-            stem = stem.with_name(f"{stem.name}_{target.suffix[1:].lower()}")
-        candidate, index = stem, 2
-        while candidate in taken:
-            candidate, index = stem.with_name(f"{stem.name}_{index}"), index + 1
-        taken.add(candidate)
-        items.append(_Item(key, candidate, path, sample))
-    return items
-
-
-def _is_clip(path: Path) -> bool:
-    from ccnet.inference.video import VIDEO_SUFFIXES
-
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return True
-    if path.suffix.lower() != ".gif":
-        return False
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return getattr(image, "n_frames", 1) > 1
-    except OSError:
-        return False
-
-
-def _write(out_dir: Path, item: _Item, rendered: Any) -> str:
-    from ccnet.model.files import write_bytes_atomic
-
-    target = out_dir / item.target.parent / f"{item.target.name}{rendered.suffix}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(target, rendered.body)
-    return str(target)
-
-
-def _options(args: argparse.Namespace, clip_format: str = "mp4") -> Any:
-    from ccnet.inference.render import RenderOptions
-
-    return RenderOptions(
-        alpha=args.alpha, clip_format=clip_format, legend=args.legend, rle=True, pretty=True
+def _register_engine(predict: argparse.ArgumentParser) -> None:
+    ray = predict.add_argument_group(
+        "--engine ray",
+        "Run the same pipeline in a Ray Data actor pool, on this machine or a Ray cluster. "
+        "Writes OUT/manifest.parquet and OUT/manifest.jsonl (one row per input, errors "
+        "included) and skips inputs an earlier run finished with the same model and options. "
+        "Needs pip install 'ccnet-stack[batch]'.",
+    )
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: a Ray Data actor pool",
+    )
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="a running Ray cluster (host:6379, ray://host:10001 or auto; default: "
+        "RAY_ADDRESS, else a local Ray started for the job)",
+    )
+    ray.add_argument("--workers", type=positive_int, default=1, help="actors in the pool")
+    ray.add_argument("--batch-size", type=positive_int, default=8, help="inputs per batch")
+    ray.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs (threads) each actor reserves"
+    )
+    ray.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs each actor reserves (0.5: two actors share one GPU)",
     )
 
 
-def _predict_image(item: _Item, models: _Models, args: argparse.Namespace, out_dir: Path) -> dict:
-    from ccnet.inference.render import render_image
-    from ccnet.inference.segmenter import as_rgb
+def _config(args: argparse.Namespace) -> Any:
+    """The run's ``PredictConfig`` from the flags and, as for ``ccnet serve``,
+    CCNET_PRECISION, CCNET_CACHE_DIR and CCNET_TRT_PLUGIN (--precision wins)."""
+    from ccnet.inference.options import LoadOptions
+    from ccnet.inference.predict import PredictConfig
 
-    assert item.sample is not None or item.path is not None
-    rgb = sample_photograph(item.sample) if item.sample else as_rgb(item.path)  # type: ignore[arg-type]
-    segmenter = models.image()
-    result = segmenter(rgb)
-    info = segmenter.info
-    options = _options(args)
-    written = [
-        _write(
-            out_dir, item, render_image(kind, rgb, result.mask, info, result.inference_ms, options)
-        )
-        for kind in _OUTPUT_KINDS[args.output][0]
-    ]
-    return {
-        "model": info.name,
-        "size": list(rgb.shape[1::-1]),
-        "inference_ms": round(result.inference_ms, 1),
-        "class_fractions": {k: round(v, 4) for k, v in result.class_fractions().items()},
-        "files": written,
-    }
-
-
-def _predict_clip(item: _Item, models: _Models, args: argparse.Namespace, out_dir: Path) -> dict:
-    from ccnet.inference.render import render_clip
-    from ccnet.inference.segmenter import read_clip
-
-    assert item.path is not None
-    clip = read_clip(item.path)
-    segmenter = models.clip()
-    result = segmenter.segment(clip.frames)
-    info = segmenter.info
-    options = _options(args, "gif" if item.path.suffix.lower() == ".gif" else "mp4")
-    written = [
-        _write(out_dir, item, render_clip(kind, clip.frames, clip.fps, result, info, options))
-        for kind in _OUTPUT_KINDS[args.output][1]
-    ]
-    return {
-        "model": info.name,
-        "frames": int(result.masks.shape[0]),
-        "size": [int(result.masks.shape[2]), int(result.masks.shape[1])],
-        "inference_ms": round(result.inference_ms, 1),
-        "class_fractions": {
-            k: round(v, 4) for k, v in result.class_fractions(info.classes).items()
-        },
-        "files": written,
-    }
+    precision = args.precision or os.environ.get("CCNET_PRECISION") or "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(f"CCNET_PRECISION={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    cache_dir = os.environ.get("CCNET_CACHE_DIR")
+    plugin = os.environ.get("CCNET_TRT_PLUGIN")
+    load = LoadOptions(
+        backend=args.backend,
+        cache_dir=Path(cache_dir).expanduser() if cache_dir else LoadOptions().cache_dir,
+        trt_plugin=Path(plugin).expanduser() if plugin else None,
+        device=args.device,
+        precision=precision,
+        max_side=max(8, args.max_side),
+        max_video_side=max(8, args.max_video_side),
+    )
+    return PredictConfig(
+        load=load,
+        checkpoint=args.checkpoint,
+        model=args.model,
+        video_checkpoint=args.video_checkpoint,
+        output=args.output,
+        alpha=args.alpha,
+        legend=args.legend,
+        max_side=args.max_side,
+        max_video_side=args.max_video_side,
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
+    from ccnet.inference.predict import collect
+
+    out_dir = Path(args.output_dir)
+    if args.live:  # one SOURCE played frame by frame (a URL or a device is no file to collect)
+        _predict_live(args, out_dir)
+        return
+    items = collect(args.inputs, out_dir, args.sample or (), args.input_list or ())
+    if not items:
+        raise ValueError("nothing to segment: give image or clip files or folders, or --sample")
+    config = _config(args)
+    ray_flags = {
+        "--address": args.address is not None,
+        "--workers": args.workers != 1,
+        "--batch-size": args.batch_size != 8,
+        "--cpus-per-worker": args.cpus_per_worker != 1.0,
+        "--num-gpus-per-worker": args.num_gpus_per_worker != 0.0,
+    }
+    if args.engine != "ray" and any(ray_flags.values()):
+        given = ", ".join(flag for flag, set_ in ray_flags.items() if set_)
+        raise ValueError(f"{given}: only with --engine ray")
+    if args.engine == "ray":
+        _predict_on_ray(args, items, config, out_dir)
+    else:
+        _predict_here(args, items, config, out_dir)
+
+
+def _predict_here(args: argparse.Namespace, items: list, config: Any, out_dir: Path) -> None:
+    """One process: a JSON summary keyed by input on stdout, failures named on stderr."""
     from tqdm import tqdm
 
     from ccnet.inference.codecs import ImageDecodeError, ImageTooLargeError
+    from ccnet.inference.predict import Models, render_item, write_outputs
     from ccnet.inference.video import VideoDecodeError, VideoTooLargeError
 
-    out_dir = Path(args.output_dir)
-    if args.live:
-        _predict_live(args, out_dir)
-        return
-    items = _collect(args, out_dir)
-    if not items:
-        raise ValueError("nothing to segment: give image or clip files or folders, or --sample")
-    models = _Models(args)
+    models = Models(config)
     summary: dict[str, Any] = {}
     failures = 0
     progress = tqdm(
@@ -417,12 +273,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     )
     for item in progress:
         try:
-            if item.path is not None and not item.path.is_file():
-                raise ImageDecodeError(f"{item.path}: no such file")
-            if item.path is not None and _is_clip(item.path):
-                summary[item.key] = _predict_clip(item, models, args, out_dir)
-            else:
-                summary[item.key] = _predict_image(item, models, args, out_dir)
+            rendered = render_item(item, models)
+            files = write_outputs(out_dir, item, rendered)
+            summary[item.key] = {**rendered.summary, "files": files}
         except (
             ImageDecodeError,
             ImageTooLargeError,
@@ -430,9 +283,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             VideoTooLargeError,
         ) as error:
             text = str(error)
-            message = (
-                text if item.path is None or str(item.path) in text else f"{item.path}: {text}"
-            )
+            source = item.uri or (str(item.path) if item.path is not None else None)
+            message = text if source is None or source in text else f"{source}: {text}"
             progress.write(f"ccnet predict: error: {message}", file=sys.stderr)
             failures += 1
     print(json.dumps(summary, indent=2))
@@ -453,7 +305,7 @@ def _predict_live(args: argparse.Namespace, out_dir: Path) -> None:
 
         device = resolve_device("auto").type
     live = StreamSegmenter.from_file(
-        args.video_checkpoint or BUNDLED_MODELS[1],
+        args.video_checkpoint or DEMO_CLIP_MODEL,
         max_side=max(8, args.max_video_side),
         lookahead=args.lookahead,
         device=device,
@@ -468,3 +320,35 @@ def _predict_live(args: argparse.Namespace, out_dir: Path) -> None:
         max_frames=args.max_frames,
     )
     print(json.dumps(summary), file=sys.stderr)
+
+
+def _predict_on_ray(args: argparse.Namespace, items: list, config: Any, out_dir: Path) -> None:
+    """A Ray Data actor pool: the manifest in OUT, a one-object JSON report on stdout."""
+    from ccnet.inference.batch import run_batch
+    from ccnet.inference.ray_engine import RayOptions, ray_outcomes
+
+    if config.model is not None:
+        raise ValueError(
+            "--engine ray needs a model file (--checkpoint): --model builds different "
+            "untrained weights in every worker"
+        )
+    options = RayOptions(
+        address=args.address or os.environ.get("RAY_ADDRESS") or None,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.num_gpus_per_worker,
+    )
+    report = run_batch(
+        items,
+        config,
+        out_dir,
+        lambda todo: ray_outcomes(todo, config, options),
+        progress=not args.no_progress,
+    )
+    print(json.dumps({**vars(report), "seconds": round(report.seconds, 2)}, indent=2))
+    if report.failed:
+        raise ValueError(
+            f"{report.failed} of {report.inputs} input(s) could not be segmented "
+            f"(error rows in {report.manifest})"
+        )
