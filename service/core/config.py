@@ -240,11 +240,20 @@ class Settings(BaseSettings):
             )
         if self.model_dir is not None and self.model_dir.is_dir():
             for path in sorted(self.model_dir.iterdir()):
-                if path.suffix in MODEL_SUFFIXES:
+                # a name that is not UTF-8 cannot be shown: the watcher logs and skips it
+                if path.suffix in MODEL_SUFFIXES and path.name.isprintable() and _utf8(path):
                     sources.append((None, path))
         if not sources:
             sources = [(None, path) for path in BUNDLED_MODELS]
         return sources
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def get_settings() -> Settings:
