@@ -120,12 +120,20 @@ def decode_video(
         raise VideoDecodeError("empty input: zero bytes")
     _check_gif_screen(data, max_pixels)
     try:
-        with av.open(
+        container = av.open(
             io.BytesIO(data),
             # arms FFmpeg's own size guard for the frames that probing decodes
             options={**OPEN_OPTIONS, "max_pixels": str(max_pixels)},
             metadata_errors="replace",  # a mis-encoded title must not fail the upload
-        ) as container:
+        )
+    except av.error.ArgumentError:  # what FFmpeg answers for a container off the allow-list
+        raise VideoDecodeError(
+            "not a video in a container we read (mp4/mov, webm/mkv, avi, gif, apng, ogg, mpeg)"
+        ) from None
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(f"not a decodable video: {_describe(error)}") from None
+    try:
+        with container:
             return _decode_container(container, max_frames, max_pixels, max_total_pixels)
     except av.error.FFmpegError as error:
         raise VideoDecodeError(f"not a decodable video: {_describe(error)}") from None

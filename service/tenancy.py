@@ -39,12 +39,15 @@ def client_id(connection: HTTPConnection, proxies: TrustedProxies) -> str:
     peer = connection.client.host if connection.client else "unknown"
     if peer in proxies:
         forwarded = connection.headers.get("x-forwarded-for", "")
-        # the proxy appends the address it saw, so the last untrusted hop is the client
+        # each proxy appends the address it saw: the client is the last hop that is not a
+        # trusted proxy (or the first hop when every hop is one: a proxy that writes the
+        # header afresh, as docker/nginx.conf does, behind a catch-all trusted network)
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        while hops and hops[-1] in proxies:
-            hops.pop()
+        untrusted = [hop for hop in hops if hop not in proxies]
+        if untrusted:
+            return untrusted[-1][:64]
         if hops:
-            return hops[-1][:64]
+            return hops[0][:64]
     return peer
 
 

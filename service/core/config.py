@@ -6,6 +6,7 @@ process (``--workers N``) builds the same settings from its environment.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -197,6 +198,19 @@ class Settings(BaseSettings):
         # CCNET_API_KEY= (set but empty, as compose files often leave it) means "no key"
         return value if value is not None and value.get_secret_value() else None
 
+    def exposure_problem(self) -> str | None:
+        """Why serving on ``host`` as set would be unsafe, or None: a non-loopback address
+        without ``api_key`` lets anyone who reaches the port use the service, so it needs
+        ``allow_anonymous`` to say that is intended."""
+        if self.api_key is not None or self.allow_anonymous or _loopback(self.host):
+            return None
+        return (
+            f"refusing to serve on {self.host} without an API key: anyone who can reach the "
+            "port could use the service. Set CCNET_API_KEY (clients then send it as "
+            "Authorization: Bearer KEY), bind to 127.0.0.1, or set CCNET_ALLOW_ANONYMOUS=true "
+            "if the network in front is trusted"
+        )
+
     def upload_cap(self) -> int:
         """Bytes of the budget one upload may hold while it arrives."""
         return int(self.memory_budget_mb * MiB * self.max_upload_share)
@@ -246,6 +260,15 @@ class Settings(BaseSettings):
         if not sources:
             sources = [(None, path) for path in BUNDLED_MODELS]
         return sources
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _utf8(path: Path) -> bool:

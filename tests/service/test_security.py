@@ -7,6 +7,7 @@ import base64
 import contextlib
 import http.client
 import io
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from ccnet.inference.codecs import ImageDecodeError, decode_image
 from ccnet.service.api.state import app_state
 from ccnet.service.core.config import Settings
 from ccnet.service.core.http_protocol import ConnectionLimits, GuardedH11Protocol
+from ccnet.service.core.logging import TextFormatter
 from ccnet.service.main import create_app
 from ccnet.service.tenancy import ClientShareError, ClientShares, TrustedProxies, client_id
 from tests.service.conftest import make_client, png_bytes
@@ -294,6 +296,8 @@ def test_clients_are_told_apart_by_address_and_trusted_proxies_only() -> None:
     assert client_id(_Connection("10.0.0.2", "1.2.3.4, 10.0.0.9"), proxies) == "1.2.3.4"
     assert client_id(_Connection("10.0.0.2"), proxies) == "10.0.0.2"
     assert client_id(_Connection("10.0.0.2"), TrustedProxies([])) == "10.0.0.2"
+    everyone = TrustedProxies(["0.0.0.0/0"])  # the replicas behind docker/nginx.conf
+    assert client_id(_Connection("172.18.0.5", "203.0.113.4"), everyone) == "203.0.113.4"
 
 
 # ---------------------------------------------------------------- #6 fair queues
@@ -360,3 +364,93 @@ def test_an_undocumented_video_codec_is_refused() -> None:
             container.mux(packet)
     with pytest.raises(VideoDecodeError, match="'ffv1' is not one of"):
         decode_video(buffer.getvalue(), max_frames=10, max_pixels=10_000)
+
+
+# ---------------------------------------------------------------- #12 /metrics
+
+
+def test_metrics_need_the_key_when_one_is_set() -> None:
+    with make_client(api_key="k3y") as locked:
+        _error(locked.get("/metrics"), 401, "unauthorized")
+        answer = locked.get("/metrics", headers={"authorization": "Bearer k3y"})
+        assert answer.status_code == 200 and "ccnet_memory_budget_used_bytes" in answer.text
+
+
+# ---------------------------------------------------------------- #14 500 hygiene
+
+
+def test_a_server_error_has_the_request_id_headers_and_one_log_line(client, caplog) -> None:
+    registry = app_state(client.app).registry
+    served = registry.models[MODEL]
+    original = type(served).describe
+
+    def broken(self, default):
+        raise TypeError("a bug " + "x" * 5000)
+
+    type(served).describe = broken
+    try:
+        with caplog.at_level(logging.INFO, logger="ccnet"):
+            caplog.clear()
+            with TestClient(client.app, raise_server_exceptions=False) as plain:
+                answer = plain.get("/v1/models", headers={"x-request-id": "req-500"})
+    finally:
+        type(served).describe = original
+    body = _error(answer, 500, "internal_error")
+    assert "bug" not in body["error"]["message"]
+    assert answer.headers["x-request-id"] == "req-500"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None, [r.getMessage() for r in errors]
+    line = errors[0].getMessage()
+    assert "TypeError" in line and "/v1/models" in line and len(line) < 400
+
+
+# ---------------------------------------------------------------- #15 log escaping
+
+
+def test_text_logs_escape_control_characters() -> None:
+    formatter = TextFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "ccnet.service.access",
+        logging.INFO,
+        __file__,
+        1,
+        "%s %s",
+        ("GET", "/a\r\nINFO forged\x1b[2J"),
+        None,
+    )
+    line = formatter.format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line == "INFO GET /a\\r\\nINFO forged\\x1b[2J"
+
+
+# ---------------------------------------------------------------- secure by default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        ({"host": "0.0.0.0"}, True),
+        ({"host": "::"}, True),
+        ({"host": "example.org"}, True),
+        ({"host": "127.0.0.1"}, False),
+        ({"host": "::1"}, False),
+        ({"host": "localhost"}, False),
+        ({"host": "0.0.0.0", "api_key": "k"}, False),
+        ({"host": "0.0.0.0", "allow_anonymous": True}, False),
+    ],
+)
+def test_a_public_address_needs_a_key_or_an_explicit_yes(overrides, refused) -> None:
+    problem = Settings(**overrides).exposure_problem()
+    assert (problem is not None) == refused, problem
+    if refused:
+        assert "CCNET_API_KEY" in problem and "CCNET_ALLOW_ANONYMOUS" in problem
+
+
+def test_serve_refuses_a_public_address_without_a_key(monkeypatch, capsys) -> None:
+    from ccnet.cli import main
+
+    monkeypatch.delenv("CCNET_API_KEY", raising=False)
+    monkeypatch.delenv("CCNET_ALLOW_ANONYMOUS", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
