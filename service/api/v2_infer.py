@@ -110,7 +110,9 @@ def _parse_header(body: bytes, header_length: str | None, max_batch: int) -> _Pa
         raise invalid("send exactly one input: 'image' (UINT8 [N,H,W,3]) or 'image_bytes'")
     tensor = inputs[0]
     parameters = tensor.get("parameters") or {}
-    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if not isinstance(parameters, dict):
+        raise invalid(f"input {tensor['name']!r}: 'parameters' must be an object")
+    size = parameters.get("binary_data_size")
     raw = None
     if size is not None:
         if not isinstance(size, int) or size != len(blobs):
@@ -191,9 +193,11 @@ def _uint8_images(parsed: _Parsed) -> list[np.ndarray]:
         array = np.frombuffer(parsed.raw, dtype=np.uint8)
     else:
         try:
-            values = np.asarray(parsed.data, dtype=np.int64).reshape(-1)
+            values = np.asarray(parsed.data).reshape(-1)
         except (TypeError, ValueError, OverflowError):
-            raise invalid("input 'image': 'data' must be integers 0..255") from None
+            values = np.empty(0, np.float64)  # ragged: refused just below
+        if values.dtype.kind not in "iu" and values.size:  # floats, booleans, strings
+            raise invalid("input 'image': 'data' must be integers 0..255")
         if values.size != int(np.prod(parsed.shape)):
             raise invalid(f"input 'image': {values.size} values for shape {parsed.shape}")
         if values.size and (values.min() < 0 or values.max() > 255):

@@ -154,3 +154,33 @@ def test_a_recorded_file_name_never_leads_out_of_the_folder(tmp_path: Path, reco
         read_sidecar(onnx)
     with pytest.raises(ValueError, match="must name a file in the sidecar's own folder"):
         read_sidecar(onnx, verify=False)
+
+
+# ---------------------------------------------------------------- a refused pickle (#16)
+
+
+class _Payload:
+    """Unpickling this would run a shell command; weights_only must refuse it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo should-never-run",))
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [(_Payload(), "posix.system"), (torch.nn.Linear(1, 1), "torch.nn.modules.linear.Linear")],
+    ids=["blocked_module", "unallowed_class"],
+)
+def test_a_refused_pickle_is_reported_in_our_words(tmp_path: Path, payload, named) -> None:
+    from ccnet.model.checkpoint import load_plain
+
+    path = tmp_path / "evil.pt"
+    torch.save({"meta": {}, "state_dict": {}, "x": payload}, path)
+    with pytest.raises(ValueError, match="refusing to load") as caught:
+        load_plain(path)
+    message = str(caught.value)
+    assert named in message, message
+    assert "weights_only" not in message and "\x1b" not in message
+    assert caught.value.__cause__ is None  # torch's advice is not chained into reports

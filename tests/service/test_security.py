@@ -454,3 +454,34 @@ def test_serve_refuses_a_public_address_without_a_key(monkeypatch, capsys) -> No
     monkeypatch.delenv("CCNET_ALLOW_ANONYMOUS", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- #14 type-confused /v2
+
+
+@pytest.mark.parametrize(
+    "request_json",
+    [
+        {"inputs": "image"},
+        {"inputs": [{"name": "image", "datatype": "UINT8", "shape": "1,2,2,3", "data": [1]}]},
+        {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": "x"}]},
+        {"inputs": [{"name": "image", "shape": [True, 2, 2, 3], "data": [1] * 12}]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "data": [[1, 2], "a"]}]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "data": [1.5] * 12}]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "data": [1] * 12}],
+         "parameters": ["binary_data_output"]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "data": [1] * 12}],
+         "outputs": [1]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "data": [1] * 12}],
+         "outputs": [{"name": "mask", "parameters": "binary"}]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "parameters": ["x"],
+                     "data": [1] * 12}]},
+        {"inputs": [{"name": "image_bytes", "shape": [1], "data": [7]}]},
+        {"inputs": [{"name": "image", "shape": [1, 2, 2, 3],
+                     "parameters": {"binary_data_size": "12"}}]},
+    ],
+)  # fmt: skip
+def test_type_confused_v2_requests_are_4xx(client, request_json) -> None:
+    response = client.post(INFER, content=orjson.dumps(request_json))
+    assert 400 <= response.status_code < 500, response.text[:300]
+    assert isinstance(response.json()["error"], str)
