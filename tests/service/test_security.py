@@ -485,3 +485,21 @@ def test_type_confused_v2_requests_are_4xx(client, request_json) -> None:
     response = client.post(INFER, content=orjson.dumps(request_json))
     assert 400 <= response.status_code < 500, response.text[:300]
     assert isinstance(response.json()["error"], str)
+
+
+def test_nginx_limits_each_client_as_the_service_does() -> None:
+    """docker/nginx.conf caps connections per client address at CLIENT_QUEUE_SIZE and rate
+    limits requests per address, answering 429."""
+    import re
+    from pathlib import Path
+
+    conf = (Path(__file__).resolve().parents[2] / "docker" / "nginx.conf").read_text()
+    zone = re.search(r"limit_conn_zone \$binary_remote_addr zone=(\w+):", conf)
+    assert zone is not None, "a connection zone keyed by client address"
+    cap = re.search(rf"limit_conn {zone.group(1)} (\d+);", conf)
+    assert cap is not None and int(cap.group(1)) == Settings().client_queue_size
+    assert re.search(r"limit_req_zone \$binary_remote_addr zone=(\w+):\w+ rate=\d+r/s;", conf)
+    assert re.search(r"limit_req zone=\w+ burst=\d+ nodelay;", conf)
+    assert "limit_conn_status 429;" in conf and "limit_req_status 429;" in conf
+    # the replicas trust nginx's X-Forwarded-For, so nginx must write it, not append to it
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf
