@@ -61,24 +61,38 @@ class ClientShares:
     Args:
         limit: what one client may hold at once.
         describe: words for an amount in the refusal, e.g. ``lambda n: f"{n} clips"``.
+        fair_total: the capacity the clients share (a queue's size), if any: each client's
+            limit is then also its fair part of it, ``fair_total`` divided by the clients
+            holding something (a newcomer counted), so a queue full of a few clients' work
+            drains towards a newcomer instead of refilling with theirs.
     """
 
-    def __init__(self, limit: int, describe: Callable[[int], str]) -> None:
+    def __init__(
+        self, limit: int, describe: Callable[[int], str], fair_total: int | None = None
+    ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
+        self.fair_total = fair_total
         self._describe = describe
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def _limit(self, client: str) -> int:
+        if self.fair_total is None:
+            return self.limit
+        clients = len(self._held) + (client not in self._held)
+        return min(self.limit, max(1, self.fair_total // clients))
 
     def take(self, client: str, amount: int = 1) -> None:
         """Hold ``amount`` more for ``client``; ``ClientShareError`` past its limit."""
         with self._lock:
             held = self._held.get(client, 0)
-            if held + amount > self.limit:
+            limit = self._limit(client)
+            if held + amount > limit:
                 raise ClientShareError(
                     f"this client already holds {self._describe(held)} of the "
-                    f"{self._describe(self.limit)} one client may hold at once"
+                    f"{self._describe(limit)} one client may hold at once now"
                 )
             self._held[client] = held + amount
 

@@ -61,10 +61,16 @@ class AppState:
             self.settings.client_upload_cap(), lambda n: f"{n / MiB:.1f} MiB of uploads"
         )
         self.image_shares = ClientShares(
-            self.settings.client_queue_size, lambda n: f"{n} image requests"
+            self.settings.client_queue_size,
+            lambda n: f"{n} image requests",
+            # what the image path holds at once: the queue and a batch per inference worker
+            fair_total=self.settings.queue_size
+            + self.settings.max_batch_size * self.settings.parallelism()[0],
         )
         self.clip_shares = ClientShares(
-            self.settings.client_video_queue_size, lambda n: f"{n} clips"
+            self.settings.client_video_queue_size,
+            lambda n: f"{n} clips",
+            fair_total=self.settings.video_queue_size,  # waiting or running, as shares count
         )
         self.probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self.encoders = ThreadPoolExecutor(

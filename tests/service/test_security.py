@@ -284,6 +284,26 @@ def test_one_clients_uploads_hold_at_most_its_share() -> None:
     shares.take("a", 50)
 
 
+def test_a_shared_queue_is_split_fairly_among_the_clients_using_it() -> None:
+    """64 slots, at most 16 a client: eight clients holding 8 each fill the queue; a ninth
+    arriving lowers everyone's part to 64 // 9 = 7, so as their work finishes they cannot
+    take the freed slots back and the newcomer gets in."""
+    shares = ClientShares(16, lambda n: f"{n} requests", fair_total=64)
+    attackers = [f"10.0.0.{i}" for i in range(8)]
+    for client in attackers:
+        for _ in range(8):
+            shares.take(client)
+    with pytest.raises(ClientShareError):
+        shares.take(attackers[0])  # 9 > 64 // 8
+    shares.take("victim")  # its part is 64 // 9 = 7
+    shares.give(attackers[0])
+    with pytest.raises(ClientShareError, match="7 requests one client may hold at once now"):
+        shares.take(attackers[0])  # back to 7: it may not refill the slot it freed
+    alone = ClientShares(16, lambda n: f"{n} requests", fair_total=64)
+    for _ in range(16):
+        alone.take("only")  # one client alone may use its whole limit
+
+
 class _Connection:
     def __init__(self, peer: str, forwarded: str | None = None) -> None:
         self.client = type("Address", (), {"host": peer})()
