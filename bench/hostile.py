@@ -15,6 +15,17 @@ Bounded: every attack has a time limit, and the server is stopped at the end.
 
     python -m bench.hostile [--only parts,overlay,clips,slow] [--set CCNET_X=V ...]
 
+The attacks of issue 21 (``--only v2-json,v2-bytes,v2-logits,squat,v2-batch,fair``):
+
+* ``v2-json`` (#1): a 150 MB /v2 JSON body declaring a ``[1,1,1,3]`` tensor;
+* ``v2-bytes`` (#2): eight flat 40 MP PNGs as /v2 ``image_bytes`` (JSON, base64);
+* ``v2-logits`` (#3): one 2000×2000 image with ``logits`` asked for as JSON, then as binary;
+* ``squat`` (#4): one upload sends 99 MiB at once and trickles above ``MIN_BODY_RATE`` while
+  a victim posts a small image every 0.25 s; the squatter's answer and when it came;
+* ``v2-batch`` (#5): eight 1024×1024 images in one /v2 request (binary UINT8);
+* ``fair`` (#6): eight clients (127.0.0.2-9) loop tiny clips while a victim (127.0.0.10)
+  posts one a second for 30 s; the victim's success rate.
+
 ``overlay1``, ``clip1`` and ``clip1-overlay`` (one request each, run with a large
 ``CCNET_MEMORY_BUDGET_MB``) measure what a single request really costs, the figures the
 factors of ``service/costs.py`` are checked against.
@@ -422,6 +433,199 @@ def attack_slow(server: Server) -> tuple[str, str, str]:
     return answers, "-", ""
 
 
+# ---------------------------------------------------------------------------- issue 21
+
+_INFER = "/v2/models/ccnet-tiny/infer"
+
+
+def _v2_post(server: Server, body: bytes, header_length: int | None = None) -> tuple[int, str, str]:
+    """(status, error code, "server X ms, client Y ms") of one /v2 infer request."""
+    rid = f"hostile-v2-{time.monotonic_ns()}"
+    headers = {"content-type": "application/json", "x-request-id": rid}
+    if header_length is not None:
+        headers = {"Inference-Header-Content-Length": str(header_length), "x-request-id": rid}
+    began = time.perf_counter()
+    with httpx2.Client(timeout=300) as client:
+        response = client.post(f"{server.base}{_INFER}", content=body, headers=headers)
+    ms = (time.perf_counter() - began) * 1e3
+    code = response.json().get("code", "") if response.status_code >= 400 else ""
+    time.sleep(0.3)  # the access log line follows the answer
+    server_ms = _server_ms(server.log, {rid}).get(rid, float("nan"))
+    return response.status_code, code, f"server {server_ms:.0f} ms, client {ms:.0f} ms"
+
+
+def attack_v2_json(server: Server) -> tuple[str, str, str]:
+    values = 30_000_000  # 60 MB of "1,"... declared as 3 values
+    body = (
+        b'{"inputs":[{"name":"image","datatype":"UINT8","shape":[1,1,1,3],"data":['
+        + b"1," * (values - 1)
+        + b"1]}]}"
+    )
+    rid = f"hostile-v2-json-{time.monotonic_ns()}"
+    head = (
+        f"POST {_INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Request-Id: {rid}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    status, ms = _raw_request(server.port, head, body)
+    time.sleep(0.3)
+    server_ms = _server_ms(server.log, {rid}).get(rid, float("nan"))
+    return (
+        f"{status}",
+        f"server {server_ms:.0f} ms, client {ms:.0f} ms",
+        f"{len(body) / 1e6:.0f} MB body, 30 M values",
+    )
+
+
+def attack_v2_bytes(server: Server) -> tuple[str, str, str]:
+    import base64
+    import json
+
+    png = base64.b64encode(_flat_png(6320)).decode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "image_bytes", "datatype": "BYTES", "shape": [8], "data": [png] * 8}
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    status, code, times = _v2_post(server, body)
+    return f"{status} {code}", times, f"8 × 6320×6320 PNG, {len(body) / 1e3:.0f} KB"
+
+
+def _uint8_request(images: np.ndarray, outputs: list[dict]) -> tuple[bytes, int]:
+    import json
+
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": list(images.shape),
+                    "parameters": {"binary_data_size": images.size},
+                }
+            ],
+            "outputs": outputs,
+        }
+    ).encode()
+    return head + images.tobytes(), len(head)
+
+
+def attack_v2_logits(server: Server) -> tuple[str, str, str]:
+    image = np.full((1, 2000, 2000, 3), 120, np.uint8)
+    answers = []
+    for binary in (False, True):
+        body, length = _uint8_request(
+            image, [{"name": "logits", "parameters": {"binary_data": binary}}]
+        )
+        status, code, times = _v2_post(server, body, length)
+        answers.append(f"{'binary' if binary else 'JSON'}: {status} {code} ({times})")
+    return "; ".join(answers), "-", "one 2000×2000 image, logits"
+
+
+def attack_v2_batch(server: Server) -> tuple[str, str, str]:
+    images = np.random.default_rng(0).integers(0, 256, (8, 1024, 1024, 3), dtype=np.uint8)
+    body, length = _uint8_request(images, [{"name": "mask", "parameters": {"binary_data": True}}])
+    status, code, times = _v2_post(server, body, length)
+    return f"{status} {code}", times, "8 × 1024×1024, binary"
+
+
+def attack_squat(server: Server) -> tuple[str, str, str]:
+    declared, sent = 100 * MiB, 99 * MiB
+    answer: dict[str, object] = {}
+
+    def squat() -> None:
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
+            sock.sendall(
+                b"POST /v1/segment/video HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                + f"Content-Length: {declared}\r\n\r\n".encode()
+            )
+            sock.sendall(b"\0" * sent)
+            sock.settimeout(0.5)
+            data = b""
+            while time.monotonic() - began < 90 and not data:
+                try:
+                    sock.sendall(b"\0" * 1024)  # 2 kB/s: above the default MIN_BODY_RATE
+                    data = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+        answer["status"] = data[9:12].decode() if data else "closed"
+        answer["after"] = time.monotonic() - began
+
+    thread = threading.Thread(target=squat, daemon=True)
+    thread.start()
+    time.sleep(2)  # the squatter's first 99 MiB are in
+    small = _flat_png(64)
+    statuses = []
+    with httpx2.Client(timeout=30) as client:
+        for _ in range(20):
+            response = client.post(
+                f"{server.base}/v1/segment", files={"image": ("s.png", small, "image/png")}
+            )
+            statuses.append(response.status_code)
+            time.sleep(0.25)
+    thread.join(100)
+    ok = statuses.count(200)
+    return (
+        f"victim {ok}/{len(statuses)} × 200 while the squatter held its upload; squatter "
+        f"answered {answer.get('status')} after {answer.get('after', float('nan')):.1f} s",
+        "-",
+        "99 of 100 MiB, then 2 kB/s",
+    )
+
+
+def attack_fair(server: Server, attackers: int = 8, seconds: float = 30.0) -> tuple[str, str, str]:
+    clip = _clip(4, 64)
+    stop = threading.Event()
+    attacker_counts: list[int] = [0, 0]
+
+    def loop(address: str) -> None:
+        transport = httpx2.HTTPTransport(local_address=address)
+        with httpx2.Client(timeout=60, transport=transport) as client:
+            while not stop.is_set():
+                response = client.post(
+                    f"{server.base}/v1/segment/video",
+                    params={"output": "json"},
+                    files={"video": ("c.mp4", clip, "video/mp4")},
+                )
+                attacker_counts[response.status_code == 200] += 1
+
+    threads = [
+        threading.Thread(target=loop, args=(f"127.0.0.{2 + i}",), daemon=True)
+        for i in range(attackers)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    victim: list[int] = []
+    transport = httpx2.HTTPTransport(local_address=f"127.0.0.{2 + attackers}")
+    with httpx2.Client(timeout=60, transport=transport) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            began = time.monotonic()
+            response = client.post(
+                f"{server.base}/v1/segment/video",
+                params={"output": "json"},
+                files={"video": ("c.mp4", clip, "video/mp4")},
+            )
+            victim.append(response.status_code)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    return (
+        f"victim {victim.count(200)}/{len(victim)} × 200 "
+        f"({100 * victim.count(200) / max(1, len(victim)):.0f} %); attackers "
+        f"{attacker_counts[1]} × 200, {attacker_counts[0]} refused",
+        "-",
+        f"{attackers} looping clients, 4-frame 64×64 mp4",
+    )
+
+
 ATTACKS: dict[str, Callable[[Server], tuple[str, str, str]]] = {
     "parts": attack_parts,
     "overlay": attack_overlay,
@@ -431,6 +635,13 @@ ATTACKS: dict[str, Callable[[Server], tuple[str, str, str]]] = {
     "overlay1": lambda server: attack_overlay(server, 1),
     "clip1": lambda server: attack_clips(server, 1),
     "clip1-overlay": lambda server: attack_clips(server, 1, "overlay"),
+    # issue 21
+    "v2-json": attack_v2_json,
+    "v2-bytes": attack_v2_bytes,
+    "v2-logits": attack_v2_logits,
+    "squat": attack_squat,
+    "v2-batch": attack_v2_batch,
+    "fair": attack_fair,
 }
 
 
@@ -456,7 +667,11 @@ def main() -> None:
             print(f"running {name} ...", flush=True)
             outcomes.append(_measure(server, name, lambda: ATTACKS[name](server)))  # noqa: B023
         log_size = log.stat().st_size
-    print(f"\nidle RSS {idle:.0f} MiB; server log {log_size / 1e3:.0f} KB after all attacks\n")
+    budget = int(env.get("CCNET_MEMORY_BUDGET_MB", "896"))
+    print(
+        f"\nidle RSS {idle:.0f} MiB, memory budget {budget} MiB; server log "
+        f"{log_size / 1e3:.0f} KB after all attacks\n"
+    )
     print("| attack | answers | time to refusal | peak RSS above idle | /healthz during |")
     print("|---|---|---|---|---|")
     for o in outcomes:

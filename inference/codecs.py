@@ -25,6 +25,7 @@ from ccnet.inference.overlay import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
     "IMAGE_MEDIA_TYPES",
     "IMAGE_SUFFIXES",
     "ImageDecodeError",
@@ -55,6 +56,10 @@ IMAGE_MEDIA_TYPES = frozenset(
     }
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# The Pillow plugins allowed to read input, whatever the bytes look like: the formats above.
+# Without the list Pillow tries every plugin it has (PCX, TGA, DDS, JPEG 2000, ICNS, and EPS,
+# which runs Ghostscript), each a parser exposed to strangers' bytes for nothing we document.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 class ImageDecodeError(ValueError):
@@ -84,7 +89,7 @@ def decode_image(
     if not data:
         raise ImageDecodeError("empty input: zero bytes")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(
@@ -104,7 +109,9 @@ def decode_image(
             f"image has more pixels than the limit of {max_pixels}: {error}"
         ) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a decodable image: the format is not recognised") from None
+        raise ImageDecodeError(
+            "not a decodable image: the format is not one of " + ", ".join(IMAGE_FORMATS)
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"not a decodable image: {error}") from None
 

@@ -28,6 +28,9 @@ from PIL import Image
 __all__ = [
     "DEFAULT_FPS",
     "MEDIA_TYPES",
+    "OPEN_OPTIONS",
+    "VIDEO_CODECS",
+    "VIDEO_DEMUXERS",
     "VIDEO_SUFFIXES",
     "DecodedVideo",
     "VideoDecodeError",
@@ -60,6 +63,21 @@ DEFAULT_FPS = 10.0  # when neither the container nor the frames say; GIF viewers
 _MAX_PLAUSIBLE_FPS = 1000.0  # a larger rate comes from broken timestamps, not from a camera
 _GIF_TICKS_PER_SECOND = 100  # GIF frame delays are whole centiseconds
 _GIF_MIN_DELAY = 2  # browsers replace 0 and 1 centisecond delays with 10
+# The FFmpeg demuxers and decoders allowed to read input (FFmpeg's format_whitelist and
+# codec_whitelist): the containers and codecs phones, browsers and encoders produce. Without
+# them FFmpeg probes every demuxer and decoder it was built with, each a parser exposed to
+# strangers' bytes. The still-image demuxers stay so that a PNG is named as such (refused).
+VIDEO_DEMUXERS = ("mov", "matroska", "avi", "gif", "apng", "ogg", "mpeg")
+VIDEO_CODECS = (
+    "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "h263", "mpeg1video", "mpeg2video",
+    "mjpeg", "theora", "gif", "apng",
+)  # fmt: skip
+_STILL_IMAGE_PROBES = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe")
+# av.open options: the allow-lists above
+OPEN_OPTIONS = {
+    "format_whitelist": ",".join(VIDEO_DEMUXERS + _STILL_IMAGE_PROBES),
+    "codec_whitelist": ",".join(VIDEO_CODECS),
+}
 _STILL_IMAGE_DEMUXERS = ("image2",)  # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe, …)
 
 
@@ -102,12 +120,20 @@ def decode_video(
         raise VideoDecodeError("empty input: zero bytes")
     _check_gif_screen(data, max_pixels)
     try:
-        with av.open(
+        container = av.open(
             io.BytesIO(data),
             # arms FFmpeg's own size guard for the frames that probing decodes
-            options={"max_pixels": str(max_pixels)},
+            options={**OPEN_OPTIONS, "max_pixels": str(max_pixels)},
             metadata_errors="replace",  # a mis-encoded title must not fail the upload
-        ) as container:
+        )
+    except av.error.ArgumentError:  # what FFmpeg answers for a container off the allow-list
+        raise VideoDecodeError(
+            "not a video in a container we read (mp4/mov, webm/mkv, avi, gif, apng, ogg, mpeg)"
+        ) from None
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(f"not a decodable video: {_describe(error)}") from None
+    try:
+        with container:
             return _decode_container(container, max_frames, max_pixels, max_total_pixels)
     except av.error.FFmpegError as error:
         raise VideoDecodeError(f"not a decodable video: {_describe(error)}") from None
@@ -131,7 +157,15 @@ def _decode_container(
         raise VideoTooLargeError(
             f"the clip declares {stream.frames} frames, more than the limit of {max_frames}"
         )
-    stream.codec_context.options = {"max_pixels": str(max_pixels)}
+    codec = stream.codec_context.name
+    if codec not in VIDEO_CODECS:
+        raise VideoDecodeError(
+            f"the clip's video codec {codec!r} is not one of {', '.join(VIDEO_CODECS)}"
+        )
+    stream.codec_context.options = {
+        "max_pixels": str(max_pixels),
+        "codec_whitelist": OPEN_OPTIONS["codec_whitelist"],
+    }
 
     frames: list[np.ndarray] = []
     seconds = 0.0  # sum of the frame durations, for clips whose rate the container lacks

@@ -237,6 +237,12 @@ def _looks_like_state_dict(obj: object) -> bool:
     return isinstance(inner, Mapping) and any(isinstance(v, Tensor) for v in inner.values())
 
 
+# torch's wordings of a refused global: "Unsupported global: GLOBAL x.y" (a class it does not
+# allow) and "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"
+_REFUSED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def load_plain(path: PathLike) -> object:
     """``torch.load`` restricted to tensors and plain containers, with errors that explain.
 
@@ -256,20 +262,25 @@ def load_plain(path: PathLike) -> object:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # in our words: torch's own text advises re-running with weights_only=False (which
+        # would run the file's code) and carries terminal colour codes
+        text = _ANSI.sub("", str(exc))
+        refused = _REFUSED_GLOBAL.search(text)
         if refused is not None:
             raise ValueError(
                 f"{file}: refusing to load, the file holds Python objects other than tensors and "
-                f"plain data ({refused.group(1)})"
-            ) from exc
+                f"plain data ({refused.group(1)}); it was not loaded and nothing in it ran"
+            ) from None  # torch's text (its advice included) stays out of every report
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
         if unpickler is not None:
-            reason = unpickler.group(1)
+            reason = unpickler.group(1).splitlines()[0]
         else:
             first_line = next((line for line in text.splitlines() if line.strip()), "")
             reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-        raise ValueError(f"{file}: corrupt or not a PyTorch checkpoint ({reason})") from exc
+        if "weights_only" in reason or "safe_globals" in reason:
+            reason = "it holds data that cannot be loaded without running code from the file"
+        reason = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in reason[:300])
+        raise ValueError(f"{file}: corrupt or not a PyTorch checkpoint ({reason})") from None
 
 
 def read_checkpoint(path: PathLike) -> dict[str, Any]:

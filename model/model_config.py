@@ -98,6 +98,13 @@ OFFICIAL_NORMALIZATION = Normalization(
     mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0), channel_order="BGR"
 )
 
+# upper bounds on a config read from a checkpoint (a model file is untrusted input): far above
+# any real CCNet, far below a size that exhausts memory while the layers are built
+_MAX_CLASSES = 1024
+_MAX_CLIP_LENGTH = 64
+_MAX_RECURRENCE = 8
+_MAX_CHANNELS = 4096
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -144,6 +151,18 @@ class ModelConfig:
             raise ValueError(f"{self.name}: output_stride must be 8, 16 or 32")
         if self.num_classes < 1 or self.clip_length < 1 or self.recurrence < 0:
             raise ValueError(f"{self.name}: num_classes, clip_length must be >= 1, recurrence >= 0")
+        # a checkpoint's config is read from a file: sizes are bounded before layers are built
+        for field_name, value, high in (
+            ("num_classes", self.num_classes, _MAX_CLASSES),
+            ("clip_length", self.clip_length, _MAX_CLIP_LENGTH),
+            ("recurrence", self.recurrence, _MAX_RECURRENCE),
+            ("width", self.width, _MAX_CHANNELS),
+            ("head_channels", self.head_channels, _MAX_CHANNELS),
+            ("inter_channels", self.inter_channels or 1, _MAX_CHANNELS),
+            ("aux_channels", self.aux_channels or 1, _MAX_CHANNELS),
+        ):
+            if not 1 <= value <= high and not (field_name == "recurrence" and value == 0):
+                raise ValueError(f"{self.name}: {field_name} must be at most {high}, got {value}")
         if not isinstance(self.align_corners, bool):
             raise ValueError(f"{self.name}: align_corners must be true or false")
         if not self.video and self.clip_length != 1:

@@ -130,6 +130,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         settings = Settings(_env_file=None, **_from_environment(environment))
     except ValidationError as error:
         raise ValueError(f"invalid setting: {error}") from None
+    exposure = settings.exposure_problem()
+    if exposure is not None:
+        raise ValueError(exposure)
     for _, path in settings.model_sources():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such model file")

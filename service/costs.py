@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ccnet.inference.codecs import IMAGE_FORMATS
 from ccnet.inference.pipeline import STRIDE, scaled_size
 
 __all__ = [
@@ -28,8 +29,10 @@ __all__ = [
     "ImageHeader",
     "clip_cost",
     "image_cost",
+    "json_output_bytes",
     "probe_clip",
     "probe_image",
+    "tensor_output_cost",
 ]
 
 # Factors measured with bench/hostile.py and a stage-by-stage VmHWM probe on the demo models
@@ -66,6 +69,17 @@ _WINDOW_Q = 12
 _WINDOW_PER_CLASS = 3 * 4
 
 
+# ---- /v2 outputs: bytes per output value (mask: one per pixel; logits: one per class and pixel)
+# binary: the value at input size, np.stack's copy, tobytes' copy, the joined body (1 B mask,
+# 4 B logits each) and for logits the per-class resize buffers (+4 B)
+_TENSOR_BINARY = {"mask": 4, "logits": 20}
+# JSON adds tolist (an 8 B pointer per value, plus a 24 B float object per logit; mask values
+# are cached small ints) and orjson's text
+_TENSOR_JSON_EXTRA = {"mask": 8 + 4, "logits": 8 + 24 + 24}
+# the longest JSON text of one value: "255," and "-1.2345678e-05,"
+_JSON_TEXT = {"mask": 4, "logits": 24}
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What an image says about itself before it is decoded."""
@@ -91,7 +105,7 @@ def probe_image(data: bytes) -> ImageHeader | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 return ImageHeader(image.width, image.height, image.mode, image.format)
     except Exception:  # any failure (Pillow's bomb guard too) is the decoder's to report
         return None
@@ -102,9 +116,13 @@ def probe_clip(data: bytes, max_pixels: int) -> ClipHeader | None:
     open it (decoding then answers 400). FFmpeg's probe decodes at most a few frames."""
     import av
 
+    from ccnet.inference.video import OPEN_OPTIONS
+
     try:
         with av.open(
-            io.BytesIO(data), options={"max_pixels": str(max_pixels)}, metadata_errors="replace"
+            io.BytesIO(data),
+            options={**OPEN_OPTIONS, "max_pixels": str(max_pixels)},
+            metadata_errors="replace",
         ) as container:
             streams = [
                 s
@@ -172,3 +190,23 @@ def clip_cost(
     per_frame = max(pixels * _CLIP_DECODE, pixels * after + inputs * _CLIP_SEGMENT_Q)
     per_voxel = _WINDOW_Q + _WINDOW_PER_CLASS * classes + activation_per_pixel
     return int(frames * per_frame + window * inputs * per_voxel)
+
+
+def _output_values(name: str, pixels: int, classes: int) -> int:
+    return pixels * (classes if name == "logits" else 1)
+
+
+def tensor_output_cost(height: int, width: int, *, classes: int, outputs: dict[str, bool]) -> int:
+    """Peak bytes of one image's /v2 outputs (name -> sent as binary) at its input size,
+    beyond ``image_cost``: the tensors, their copies and the encoded answer."""
+    pixels = height * width
+    total = 0
+    for name, binary in outputs.items():
+        per_value = _TENSOR_BINARY[name] + (0 if binary else _TENSOR_JSON_EXTRA[name])
+        total += _output_values(name, pixels, classes) * per_value
+    return total
+
+
+def json_output_bytes(name: str, height: int, width: int, classes: int, count: int) -> int:
+    """The longest JSON text output ``name`` of ``count`` images may take."""
+    return count * _output_values(name, height * width, classes) * _JSON_TEXT[name]

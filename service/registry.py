@@ -162,10 +162,11 @@ class ModelRegistry:
         with self._lock:
             served = list(self.models.values())
         root = directory.resolve()
+        # the file's folder, not a symlink's target's: a linked model is still the folder's
         return [
             (s.version.path, s.info.name, s.version)
             for s in served
-            if s.version is not None and s.version.path.resolve().parent == root
+            if s.version is not None and s.version.path.absolute().parent.resolve() == root
         ]
 
     def get(self, name: str | None, kind: type[Served]) -> Served:

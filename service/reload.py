@@ -20,10 +20,12 @@ does, is instant).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,10 +39,22 @@ __all__ = [
     "ModelVersion",
     "ModelWatcher",
     "ReloadReport",
+    "ReloadRunner",
     "companion",
+    "readable_name",
 ]
 
 log = logging.getLogger("ccnet.service.reload")
+
+
+def readable_name(path: Path) -> bool:
+    """Whether a file name can be shown (in /v1/models, JSON, logs): a name that is not
+    UTF-8 on disk (Python keeps its bytes as surrogates) cannot, and is skipped."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def companion(path: Path) -> Path | None:
@@ -182,6 +196,7 @@ class ModelWatcher:
         self.on_failure = on_failure
         self._watched: dict[Path, _Watched] = {}
         self._changing: dict[Path, FileFingerprint] = {}
+        self._unreadable: set[Path] = set()  # logged once each
         for path, name, version in initial:
             try:
                 fingerprint = FileFingerprint.of(path)
@@ -194,6 +209,11 @@ class ModelWatcher:
         self._lock = threading.Lock()  # one poll at a time (timer and POST /reload)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._runner = ReloadRunner(self)
+
+    def request_poll(self) -> Future[ReloadReport]:
+        """A poll now (``settle=False``), on the reload thread (``ReloadRunner``)."""
+        return self._runner.submit()
 
     def start(self) -> None:
         """Poll every ``interval_s`` in a daemon thread (nothing when it is 0)."""
@@ -204,6 +224,7 @@ class ModelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._runner.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -224,6 +245,14 @@ class ModelWatcher:
             return {path: w.fingerprint for path, w in self._watched.items()}  # change nothing
         for path in entries:
             if path.suffix not in MODEL_SUFFIXES or path.name.startswith("."):
+                continue
+            if not readable_name(path):
+                if path not in self._unreadable:
+                    self._unreadable.add(path)
+                    log.warning(
+                        "skipping a model file whose name is not UTF-8: %s",
+                        os.fsencode(path.name),  # its bytes, escaped
+                    )
                 continue
             try:
                 if path.is_file():
@@ -326,3 +355,30 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
         current = current.__cause__
     line = _DIRECTORIES.sub("", "; ".join(parts))
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class ReloadRunner:
+    """Runs the watcher's polls for ``POST /v1/models/reload`` on a thread of their own.
+
+    A reload may take seconds (loading and warming a model); run on the request thread pool,
+    callers queueing for the watcher's lock would hold its threads and starve every other
+    route (``/healthz`` too). Here they wait on one dedicated thread, and calls arriving
+    while a poll is still queued share it rather than queue another.
+    """
+
+    def __init__(self, watcher: ModelWatcher) -> None:
+        self.watcher = watcher
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-reload")
+        self._lock = threading.Lock()
+        self._queued: Future[ReloadReport] | None = None
+
+    def submit(self) -> Future[ReloadReport]:
+        """A poll (``settle=False``) that starts after any running one."""
+        with self._lock:
+            if self._queued is not None and not self._queued.running() and not self._queued.done():
+                return self._queued
+            self._queued = self._executor.submit(self.watcher.poll, settle=False)
+            return self._queued
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from ccnet.inference.backends import InferenceBackend, ModelInfo, load_backend
+from ccnet.inference.metadata import name_key
 from ccnet.inference.precision.select import precision_entry
 from ccnet.inference.segmenter import ClipSegmentation, ClipSegmenter, Segmenter
 from ccnet.service.batching import BoundedExecutor, MicroBatcher
@@ -210,7 +211,9 @@ class ModelBuilder:
         except Exception as error:
             raise ModelLoadError(name or path.stem) from error
         info = backend.info
-        if info.name in taken:
+        # unique by a safe rule: names differing only in case are one name (URLs, logs and
+        # folders on case-insensitive file systems would confuse them)
+        if name_key(info.name) in {name_key(other) for other in taken}:
             backend.close()
             raise DuplicateModelError(f"two models are named {info.name!r}; name one NAME=PATH")
         try:

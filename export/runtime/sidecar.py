@@ -5,7 +5,11 @@ builder, the Triton writer and the service never parse a sidecar on their own.
 It tells a consumer everything the graph alone does not: class names and palette, the input
 policy (what to send), the precision, the opset, the dynamic axes, how the file was checked
 against PyTorch and with what result, and the SHA-256 of the model file it describes (so a
-stale pair is detected). Readers need only the standard library: the service imports
+stale pair is detected). The sidecar describes the file beside it with its own stem
+(``mine.json`` describes ``mine.onnx``, whatever ``model_file`` recorded when it was written, so
+a renamed pair still matches); a recorded file name never leads out of the sidecar's folder
+(a path in it is refused: it would make the reader a file-existence and SHA-256 oracle for the
+whole disk). Readers need only the standard library: the service imports
 ``read_sidecar`` without pulling in onnx or onnxruntime.
 
 Layout (``format`` "ccnet-onnx", ``version`` 1)::
@@ -124,8 +128,10 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
     file, data = _load_sidecar(
         path, "export sidecar", "ccnet export onnx", SIDECAR_FORMAT, SIDECAR_VERSION, _REQUIRED
     )
+    _check_file_name(file, data, "model_file")
     if verify:
-        model_file = file.parent / data["model_file"]
+        given = Path(path)
+        model_file = given if given.suffix != ".json" else file.with_suffix(".onnx")
         if not model_file.is_file():
             raise FileNotFoundError(f"{file}: the model file it describes is missing: {model_file}")
         if data.get("sha256") and file_sha256(model_file) != data["sha256"]:
@@ -134,6 +140,21 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
                 "export again"
             )
     return data
+
+
+def _check_file_name(file: Path, data: dict[str, Any], field: str) -> None:
+    """A recorded file name is a plain name in the sidecar's folder, never a path."""
+    name = data[field]
+    if (
+        not isinstance(name, str)
+        or not name
+        or name != Path(name).name
+        or "\\" in name
+        or name in (".", "..")
+    ):
+        raise ValueError(
+            f"{file}: {field} must name a file in the sidecar's own folder, got {str(name)[:80]!r}"
+        )
 
 
 def _load_sidecar(
@@ -198,7 +219,9 @@ def read_engine_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(data["palette"]) != len(data["classes"]):
         colours, classes = len(data["palette"]), len(data["classes"])
         raise ValueError(f"{file}: {colours} palette colours for {classes} classes")
-    engine = file.parent / str(data["engine_file"])
+    _check_file_name(file, data, "engine_file")
+    given = Path(path)
+    engine = given if given.suffix != ".json" else file.parent / data["engine_file"]
     if not engine.is_file():
         raise FileNotFoundError(f"{file}: the engine file it describes is missing: {engine}")
     if data.get("sha256") and file_sha256(engine) != data["sha256"]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from ccnet.inference.metadata import check_metadata, check_model_name
 from ccnet.inference.model_card import training_card
 from ccnet.inference.options import DEFAULT_CLIP_WINDOW
 
@@ -98,10 +99,13 @@ class InferenceBackend(ABC):
 
 
 def info_from_meta(name: str | None, meta: dict[str, Any], source: Path) -> ModelInfo:
+    """The model's description from its metadata, every field checked first (a model file
+    is untrusted input: ``ccnet.inference.metadata``)."""
+    check_metadata(meta, source)
     config = meta.get("config", {})
     video = bool(config.get("video"))
     return ModelInfo(
-        name=name or config.get("name") or source.stem,
+        name=check_model_name(name or config.get("name") or source.stem, f"{source}: name"),
         kind="video" if video else "image",
         classes=list(meta["classes"]),
         palette=[list(c) for c in meta["palette"]],

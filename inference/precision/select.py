@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccnet.inference.backends.base import info_from_meta
 from ccnet.inference.backends.threads import ThreadPolicy
+from ccnet.inference.metadata import check_metadata
 from ccnet.inference.options import DEFAULT_CLIP_WINDOW, available_cores
 from ccnet.inference.precision.cache import GateCache
 from ccnet.inference.precision.capabilities import detect_cpu
@@ -107,7 +108,9 @@ def select_precision(
 
 
 def training_generator(meta: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``ccnet synth`` settings a checkpoint (or an export's sidecar) was trained on."""
+    """The ``ccnet synth`` settings a checkpoint (or an export's sidecar) was trained on
+    (bounded: ``check_metadata`` refuses a scene side or seed out of range)."""
+    check_metadata(meta, "the model's metadata")
     provenance = meta.get("provenance") or {}
     generator = provenance.get("data_generator") or (provenance.get("checkpoint") or {}).get(
         "data_generator"

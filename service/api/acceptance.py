@@ -4,14 +4,19 @@ Every segmentation request goes through the same steps, each refusing as early a
 as it can:
 
 1. **auth** and 2. **model** are the route's dependencies (``ApiKey``, ``ImageModelDep`` /
-   ``VideoModelDep``);
-3. **size**: bytes (``Content-Length`` before reading, then while streaming), then pixels and
-   frames from the file's header (413);
+   ``VideoModelDep``); the client's share of the queue (``service.tenancy``) is taken before
+   the upload is read (503 ``overloaded``);
+3. **size**: bytes (``Content-Length`` before reading, then while streaming, within the upload
+   deadline and the client's share of the budget), then pixels and frames from the file's
+   header (413);
 4. **admission**: the request's memory cost (``service.costs``) is reserved from the shared
    budget, and a clip claims its queue slot, before any decoding (503 ``overloaded``; 413 when
    it could never fit);
 5. **media type** (415);
 6. **decode**, in the decoding pool (``decode_workers`` at a time), off the event loop (400).
+
+/v2 (``api/v2_infer.py``) takes the same steps with the same functions: its tensors' shapes
+and its encoded images' headers are the headers here.
 
 The deadline (``request_timeout_s``) starts once the upload has arrived and covers decoding,
 queueing, inference and encoding; work still queued when it passes is dropped, not run.
@@ -42,7 +47,7 @@ from ccnet.service.admission import OverBudgetError, Reservation
 from ccnet.service.api.errors import ApiError
 from ccnet.service.api.media import IMAGE_MEDIA_TYPES, check_media_type
 from ccnet.service.api.state import AppState, app_state
-from ccnet.service.api.upload import Upload, UploadLimits, read_upload
+from ccnet.service.api.upload import Tenant, Upload, UploadLimits, read_upload
 from ccnet.service.batching import OverloadedError
 from ccnet.service.core.config import Settings
 from ccnet.service.core.deadline import Deadline, DeadlineExceededError
@@ -56,6 +61,7 @@ from ccnet.service.costs import (
     probe_image,
 )
 from ccnet.service.served import ServedImageModel, ServedVideoModel
+from ccnet.service.tenancy import ClientShareError, ClientShares, client_id
 
 __all__ = [
     "AcceptedClip",
@@ -63,7 +69,12 @@ __all__ = [
     "Work",
     "accept_clip",
     "accept_image",
+    "check_image_size",
+    "client_share",
+    "decode_one",
+    "image_admission",
     "overloaded",
+    "receive",
 ]
 
 T = TypeVar("T")
@@ -139,15 +150,41 @@ class Work:
 
 
 @asynccontextmanager
-async def _work(request: Request, field: str, max_bytes: int) -> AsyncIterator[tuple[Work, Upload]]:
+async def client_share(request: Request, shares: ClientShares) -> AsyncIterator[str]:
+    """Hold one of the client's slots in ``shares`` for the block (503 when it has none)."""
+    state = app_state(request)
+    client = client_id(request, state.proxies)
+    try:
+        shares.take(client)
+    except ClientShareError as error:
+        raise overloaded(state.settings, str(error)) from None
+    try:
+        yield client
+    finally:
+        shares.give(client)
+
+
+@asynccontextmanager
+async def receive(
+    request: Request, field: str, max_bytes: int, client: str | None = None
+) -> AsyncIterator[tuple[Work, Upload]]:
+    """Read the upload (bounded in bytes, time and budget share) and start the request's
+    deadline; the reservation is returned when the block ends."""
     state = app_state(request)
     settings = state.settings
     reservation = Reservation(state.budget)
-    limits = UploadLimits(max_bytes, settings.max_form_parts, settings.max_form_field_bytes)
+    limits = UploadLimits(
+        max_bytes,
+        settings.max_form_parts,
+        settings.max_form_field_bytes,
+        timeout_s=settings.upload_timeout_s,
+        max_held=settings.upload_cap(),
+    )
+    tenant = Tenant(client or client_id(request, state.proxies), state.upload_shares)
     try:
         try:
-            upload = await read_upload(request, field, limits, reservation)
-        except OverBudgetError as error:
+            upload = await read_upload(request, field, limits, reservation, tenant)
+        except (OverBudgetError, ClientShareError) as error:
             raise overloaded(settings, str(error)) from None
         yield Work(state, Deadline.after(settings.request_timeout_s), reservation), upload
     finally:
@@ -166,7 +203,8 @@ class AcceptedImage:
     size: tuple[int, int]  # the image's (H, W): the mask's size
 
 
-def _decode_image(data: bytes, max_pixels: int, downscale_to: int | None = None) -> np.ndarray:
+def decode_one(data: bytes, max_pixels: int, downscale_to: int | None = None) -> np.ndarray:
+    """Decode one image, its errors as answers (413 too many pixels, 400 undecodable)."""
     try:
         return decode_image(data, max_pixels, downscale_to=downscale_to)
     except ImageTooLargeError as error:
@@ -175,40 +213,68 @@ def _decode_image(data: bytes, max_pixels: int, downscale_to: int | None = None)
         raise ApiError(400, "invalid_image", str(error)) from None
 
 
+def check_image_size(header: ImageHeader, settings: Settings, what: str = "image") -> None:
+    """413 when the header declares more pixels than ``max_pixels``."""
+    pixels = header.width * header.height
+    if pixels > settings.max_pixels:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{what} is {header.width}×{header.height} = {pixels} pixels, "
+            f"more pixels than the limit of {settings.max_pixels}",
+        )
+
+
+def image_admission(
+    work: Work,
+    header: ImageHeader,
+    served: ServedImageModel,
+    output: str,
+    *,
+    count: int = 1,
+    extra: int = 0,
+) -> None:
+    """Reserve ``count`` images of this header's size for ``output`` with the model's
+    activations, plus ``extra`` bytes (what a protocol adds: parsed tensors, its encoded
+    answer), and check the model's queue has room; 503/413 otherwise."""
+    settings = work.settings
+    cost = image_cost(
+        header,
+        max_side=settings.max_side,
+        classes=len(served.info.classes),
+        output=output,
+        activation_per_pixel=served.activation_per_pixel,
+    )
+    images = f"{count} image(s)" if count > 1 else "an image"
+    work.admit(cost * count + extra, f"{images} of {header.width}×{header.height}")
+    if not served.batcher.has_room():
+        raise overloaded(settings, "the image queue is full")
+
+
 @asynccontextmanager
 async def accept_image(
     request: Request, served: ServedImageModel, output: str
 ) -> AsyncIterator[AcceptedImage]:
     """Upload → size → admission → media type → decode for one image (see the module doc).
     The memory reservation is held until the ``async with`` block ends."""
-    settings = app_state(request).settings
-    async with _work(request, "image", settings.max_image_bytes) as (work, upload):
+    state = app_state(request)
+    settings = state.settings
+    async with (
+        client_share(request, state.image_shares) as client,
+        receive(request, "image", settings.max_image_bytes, client) as (work, upload),
+    ):
         header = await work.run(probe_image, upload.data, pool=work.state.probes)
-        if header is not None and header.width * header.height > settings.max_pixels:
-            pixels = header.width * header.height
-            raise ApiError(
-                413,
-                "image_too_large",
-                f"image is {header.width}×{header.height} = {pixels} pixels, "
-                f"more pixels than the limit of {settings.max_pixels}",
-            )
         if header is not None:  # else undecodable: decoding answers 400 at once
-            cost = image_cost(
-                header,
-                max_side=settings.max_side,
-                classes=len(served.info.classes),
-                output=output,
-                activation_per_pixel=served.activation_per_pixel,
-            )
-            work.admit(cost, f"a {header.width}×{header.height} image")
-        if not served.batcher.has_room():
+            check_image_size(header, settings)
+            image_admission(work, header, served, output)
+        elif not served.batcher.has_room():
             raise overloaded(settings, "the image queue is full")
         check_media_type(upload.media_type, IMAGE_MEDIA_TYPES, "an image")
         # Only an overlay shows the input's own pixels at full size; every other output needs
         # them at the inference size, so a large JPEG is decoded at a coarser DCT scale.
         draft = settings.jpeg_draft and output != "overlay"
         downscale_to = settings.max_side if draft else None
-        rgb = await work.run(_decode_image, upload.data, settings.max_pixels, downscale_to)
+        rgb = await work.run(decode_one, upload.data, settings.max_pixels, downscale_to)
         del upload
         yield AcceptedImage(work, rgb, _full_size(rgb, header))
 
@@ -279,8 +345,12 @@ async def accept_clip(
 ) -> AsyncIterator[AcceptedClip]:
     """Upload → size → admission (memory and a queue slot) → media type → decode for one
     clip. Inside the block the clip owns a claimed slot: submit it with ``claimed=True``."""
-    settings = app_state(request).settings
-    async with _work(request, "video", settings.max_video_bytes) as (work, upload):
+    state = app_state(request)
+    settings = state.settings
+    async with (
+        client_share(request, state.clip_shares) as client,
+        receive(request, "video", settings.max_video_bytes, client) as (work, upload),
+    ):
         # the queue slot first: it costs nothing to check, and a full queue refuses the clip
         # before even its header is read
         try:

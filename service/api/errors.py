@@ -147,8 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
-        # a bug, not bad input: logged with its traceback, answered without details
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # a bug, not bad input, answered without details; the request middleware has logged
+        # it in one line (no traceback per request: a client repeating it would flood the log)
+        log.debug("unhandled %s on %s %s", type(error).__name__, request.method, request.url.path)
         return error_response_for(
             request.url.path, 500, "internal_error", "the server failed; see its log"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 import uuid
 
 from starlette.datastructures import MutableHeaders
@@ -21,6 +22,7 @@ from ccnet.service.metrics import ServiceMetrics
 __all__ = ["RequestContextMiddleware"]
 
 log = logging.getLogger("ccnet.service.access")
+errors_log = logging.getLogger("ccnet.service.errors")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # HTML that sets no policy of its own (error pages of other layers, future pages) gets the
 # strictest one; the demo page and /docs set theirs
@@ -39,6 +41,20 @@ def _route_template(scope: Scope) -> str:
     app = scope.get("app")
     docs = {getattr(app, name, None) for name in _DOCS_URLS} - {None}
     return scope["path"] if scope["path"] in docs else "unmatched"
+
+
+def _log_unhandled(error: Exception, scope: Scope) -> None:
+    frame = traceback.extract_tb(error.__traceback__)[-1:] or None
+    where = f"{frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno}" if frame else "?"
+    errors_log.error(
+        "unhandled %s on %s %s at %s: %s",
+        type(error).__name__,
+        scope["method"],
+        scope["path"],
+        where,
+        str(error)[:200],
+        extra={"error_code": "internal_error"},
+    )
 
 
 class RequestContextMiddleware:
@@ -64,6 +80,7 @@ class RequestContextMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                outcome["started"] = True
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-Id"] = rid
                 headers["X-Content-Type-Options"] = "nosniff"
@@ -92,6 +109,16 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            # a bug, not bad input: one log line (rate-limited like every other), never a
+            # traceback per request, and the answer carries the request id and the headers
+            _log_unhandled(error, scope)
+            if outcome.get("started"):
+                raise  # the answer is half sent: only closing the connection is left
+            response = error_response_for(
+                scope["path"], 500, "internal_error", "the server failed; see its log"
+            )
+            await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - began
             template = _route_template(scope)

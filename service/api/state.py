@@ -21,6 +21,7 @@ from ccnet.service.live.limits import StreamLimits
 from ccnet.service.metrics import ServiceMetrics
 from ccnet.service.registry import ModelRegistry, Preparer
 from ccnet.service.reload import ModelWatcher
+from ccnet.service.tenancy import ClientShares, TrustedProxies
 
 __all__ = ["AppState", "app_state"]
 
@@ -45,6 +46,11 @@ class AppState:
     encoders: ThreadPoolExecutor = field(init=False)
     # live sessions (WS /v1/stream): their cap, threads, metrics and SIGTERM goodbye
     streams: SessionHub = field(init=False)
+    # per-client shares (``service.tenancy``): upload bytes held, image requests and clips
+    proxies: TrustedProxies = field(init=False)
+    upload_shares: ClientShares = field(init=False)
+    image_shares: ClientShares = field(init=False)
+    clip_shares: ClientShares = field(init=False)
     lifespans: int = 0  # test clients may enter the lifespan of a running app
     loader: threading.Thread | None = None
     watcher: ModelWatcher | None = None  # hot reload of ``model_dir``, once the models loaded
@@ -53,6 +59,22 @@ class AppState:
         self.budget = MemoryBudget(self.settings.memory_budget_mb * MiB)
         self.decoders = ThreadPoolExecutor(
             self.settings.decode_workers, thread_name_prefix="decode"
+        )
+        self.proxies = TrustedProxies(self.settings.trusted_proxies)
+        self.upload_shares = ClientShares(
+            self.settings.client_upload_cap(), lambda n: f"{n / MiB:.1f} MiB of uploads"
+        )
+        self.image_shares = ClientShares(
+            self.settings.client_queue_size,
+            lambda n: f"{n} image requests",
+            # what the image path holds at once: the queue and a batch per inference worker
+            fair_total=self.settings.queue_size
+            + self.settings.max_batch_size * self.settings.parallelism()[0],
+        )
+        self.clip_shares = ClientShares(
+            self.settings.client_video_queue_size,
+            lambda n: f"{n} clips",
+            fair_total=self.settings.video_queue_size,  # waiting or running, as shares count
         )
         self.probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self.encoders = ThreadPoolExecutor(

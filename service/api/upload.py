@@ -8,10 +8,16 @@ of parts, on part headers and on every part other than the file, so no body can 
 event loop parse for long (a body of two million empty parts fails at its ninth) or make the
 server keep more than the limits. Received bytes are reserved from the memory budget as they
 arrive (``service.admission``).
+
+An upload cannot squat on the budget: the whole body must arrive within ``timeout_s`` (408,
+however steadily it trickles), one upload may hold at most ``max_held`` bytes of the budget
+(the body limit is lowered to fit), and one client's uploads together at most its share
+(``service.tenancy``; 503 past it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
@@ -20,15 +26,16 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from ccnet.service.admission import Reservation
 from ccnet.service.api.errors import ApiError
+from ccnet.service.tenancy import ClientShares
 
-__all__ = ["Upload", "UploadLimits", "read_upload", "too_large"]
+__all__ = ["HELD_PER_BYTE", "Tenant", "Upload", "UploadLimits", "read_upload", "too_large"]
 
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file
 _MAX_PART_HEADERS = 8
 # type "/" subtype, RFC 9110 tokens; anything else in Content-Type is malformed
 _MEDIA_TYPE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+/[a-z0-9!#$%&'*+.^_`|~-]+$")
 # bytes held per received byte: the chunks (or the part's buffer) and the joined ``bytes``
-_HELD_PER_BYTE = 2
+HELD_PER_BYTE = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,23 @@ class UploadLimits:
     max_bytes: int  # the file itself
     max_parts: int
     max_field_bytes: int  # any other part, and each part's headers
+    timeout_s: float | None = None  # the whole body, from its first byte awaited
+    max_held: int | None = None  # bytes of the budget the upload may hold
+
+    def __post_init__(self) -> None:
+        if self.max_held is not None:
+            # a body limit the budget share cannot hold would only ever end in a 503
+            envelope = _MULTIPART_OVERHEAD + self.max_parts * self.max_field_bytes
+            fits = max(1, self.max_held // HELD_PER_BYTE - envelope)
+            object.__setattr__(self, "max_bytes", min(self.max_bytes, fits))
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Whose upload this is, and the per-client ledger it counts against."""
+
+    client: str
+    shares: ClientShares
 
 
 def too_large(limit: int) -> ApiError:
@@ -192,15 +216,42 @@ def _media_type(header: str | None) -> tuple[str, dict[bytes, bytes]]:
 
 
 async def read_upload(
-    request: Request, field: str, limits: UploadLimits, reservation: Reservation
+    request: Request,
+    field: str,
+    limits: UploadLimits,
+    reservation: Reservation,
+    tenant: Tenant | None = None,
 ) -> Upload:
     """The file sent as multipart field ``field`` or as the raw body.
 
     Raises:
-        ApiError: 413 over the limits, 400 empty or malformed, 422 a form without ``field``.
+        ApiError: 413 over the limits, 400 empty or malformed, 422 a form without ``field``,
+            408 not arrived within ``limits.timeout_s``.
         OverBudgetError: the memory budget cannot hold what arrives.
+        ClientShareError: the client's uploads hold their whole share of the budget.
         ClientDisconnect: the client went away mid-upload.
     """
+    held = [0]  # bytes the client's ledger holds for this upload, returned at the end
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            return await _read(request, field, limits, reservation, tenant, held)
+    except TimeoutError:
+        raise ApiError(
+            408, "upload_timeout", f"the upload did not arrive within {limits.timeout_s:g} s"
+        ) from None
+    finally:
+        if tenant is not None:
+            tenant.shares.give(tenant.client, held[0])
+
+
+async def _read(
+    request: Request,
+    field: str,
+    limits: UploadLimits,
+    reservation: Reservation,
+    tenant: Tenant | None,
+    held: list[int],
+) -> Upload:
     media, options = _media_type(request.headers.get("content-type"))
     form: _FormReader | None = None
     limit = limits.max_bytes
@@ -225,7 +276,11 @@ async def read_upload(
             size += len(chunk)
             if size > limit:
                 raise too_large(limits.max_bytes)
-            reservation.grow(_HELD_PER_BYTE * len(chunk), "the upload")
+            nbytes = HELD_PER_BYTE * len(chunk)
+            if tenant is not None:
+                tenant.shares.take(tenant.client, nbytes)  # ClientShareError past the share
+                held[0] += nbytes
+            reservation.grow(nbytes, "the upload")
             if form is None:
                 chunks.append(chunk)
             else:

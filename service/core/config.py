@@ -6,6 +6,7 @@ process (``--workers N``) builds the same settings from its environment.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -66,6 +67,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     api_key: SecretStr | None = None
+    allow_anonymous: bool = Field(
+        False,
+        description="serve on a non-loopback address without CCNET_API_KEY (refused by default: "
+        "anyone who can reach the port could use the service)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For "
+        "names the client (per-client limits); comma-separated in the environment",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
@@ -98,7 +109,15 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long a batch's first request waits for company"
     )
     queue_size: int = Field(64, ge=1, description="image requests waiting before 503")
-    video_queue_size: int = Field(4, ge=1, description="clips waiting before 503")
+    video_queue_size: int = Field(
+        16, ge=1, description="clips waiting or running per clip model before 503"
+    )
+    client_queue_size: int = Field(
+        16, ge=1, description="image requests one client may have waiting or running"
+    )
+    client_video_queue_size: int = Field(
+        1, ge=1, description="clips one client may have waiting or running per clip model"
+    )
     request_timeout_s: float = Field(
         60.0, gt=0, description="one deadline per request: decode, queue, inference and encode"
     )
@@ -112,6 +131,25 @@ class Settings(BaseSettings):
         "requests; a request that would pass it is refused 503, one that alone would is 413",
     )
     decode_workers: int = Field(2, ge=1, description="uploads decoded at the same time")
+    max_upload_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="fraction of the memory budget one upload may hold while it arrives; body "
+        "limits are lowered to fit it",
+    )
+    max_client_upload_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="fraction of the memory budget one client's uploads may hold together",
+    )
+    v2_json_max_bytes: int = Field(
+        8 * MiB,
+        ge=1024,
+        description="/v2 JSON: the request's JSON header, and each output sent as JSON; larger "
+        "tensors go as binary data (tritonclient's default)",
+    )
 
     # connections (enforced by service.core.http_protocol, the HTTP protocol `ccnet serve` runs)
     header_timeout_s: float = Field(
@@ -122,6 +160,9 @@ class Settings(BaseSettings):
     )
     min_body_rate: int = Field(
         1024, ge=0, description="bytes/s a body must average over each body_timeout_s window"
+    )
+    upload_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must have arrived within this, from its start"
     )
     keepalive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections")
     max_connections: int = Field(
@@ -157,7 +198,7 @@ class Settings(BaseSettings):
         description="origins allowed to call the API from a browser (CORS); none by default",
     )
 
-    @field_validator("models", "cors_origins", mode="before")
+    @field_validator("models", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):
@@ -174,6 +215,27 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         # CCNET_API_KEY= (set but empty, as compose files often leave it) means "no key"
         return value if value is not None and value.get_secret_value() else None
+
+    def exposure_problem(self) -> str | None:
+        """Why serving on ``host`` as set would be unsafe, or None: a non-loopback address
+        without ``api_key`` lets anyone who reaches the port use the service, so it needs
+        ``allow_anonymous`` to say that is intended."""
+        if self.api_key is not None or self.allow_anonymous or _loopback(self.host):
+            return None
+        return (
+            f"refusing to serve on {self.host} without an API key: anyone who can reach the "
+            "port could use the service. Set CCNET_API_KEY (clients then send it as "
+            "Authorization: Bearer KEY), bind to 127.0.0.1, or set CCNET_ALLOW_ANONYMOUS=true "
+            "if the network in front is trusted"
+        )
+
+    def upload_cap(self) -> int:
+        """Bytes of the budget one upload may hold while it arrives."""
+        return int(self.memory_budget_mb * MiB * self.max_upload_share)
+
+    def client_upload_cap(self) -> int:
+        """Bytes of the budget one client's uploads may hold together."""
+        return int(self.memory_budget_mb * MiB * self.max_client_upload_share)
 
     def load_options(self) -> LoadOptions:
         """What the inference library needs of these settings to load a model (the library
@@ -210,11 +272,29 @@ class Settings(BaseSettings):
             )
         if self.model_dir is not None and self.model_dir.is_dir():
             for path in sorted(self.model_dir.iterdir()):
-                if path.suffix in MODEL_SUFFIXES:
+                # a name that is not UTF-8 cannot be shown: the watcher logs and skips it
+                if path.suffix in MODEL_SUFFIXES and path.name.isprintable() and _utf8(path):
                     sources.append((None, path))
         if not sources:
             sources = [(None, path) for path in BUNDLED_MODELS]
         return sources
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def get_settings() -> Settings:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import threading
 import time
 
 import orjson
 
-__all__ = ["RateLimitFilter", "configure_logging", "request_id"]
+__all__ = ["RateLimitFilter", "TextFormatter", "configure_logging", "escape_controls", "request_id"]
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -85,6 +86,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: a client's bytes in a
+# text log line (a request path, a header) must not end the line or steer a terminal
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``)."""
+    return _CONTROLS.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text, one line per record: the message (client-controlled text included) has its
+    control characters escaped, so no request can forge a log line or colour a terminal.
+    A traceback, our own text, follows on its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        return escape_controls(line)
+
+
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """Send ``ccnet.*`` and uvicorn's logs to stderr in ``fmt`` ("json" or "text")."""
     handler = logging.StreamHandler(sys.stderr)
@@ -94,7 +115,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            TextFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
         )
     for name in ("ccnet", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)

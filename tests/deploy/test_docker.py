@@ -479,7 +479,8 @@ def test_compose_structure() -> None:
     cpu = services["ccnet"]
     assert "profiles" not in cpu, "the CPU service is the default one"
     assert cpu["build"] == {"context": ".", "dockerfile": "docker/Dockerfile.cpu"}
-    assert [_unset(p) for p in cpu["ports"]] == ["8000:8000"], cpu["ports"]
+    # published on 127.0.0.1 only: secure by default (issue 21)
+    assert [_unset(p) for p in cpu["ports"]] == ["127.0.0.1:8000:8000"], cpu["ports"]
     # the CPU limit fits a small host by default, and the threads follow it
     cpus = cpu["deploy"]["resources"]["limits"]["cpus"]
     assert cpus == cpu["environment"]["CCNET_THREADS"] == "${CCNET_CPUS:-2}", cpus
@@ -507,7 +508,7 @@ def test_compose_structure() -> None:
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in devices
     assert gpu["environment"]["CCNET_BACKEND"] == "tensorrt"
-    host_ports = [_unset(p).split(":")[0] for s in services.values() for p in s.get("ports", [])]
+    host_ports = [_unset(p).split(":")[-2] for s in services.values() for p in s.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), f"host ports collide: {host_ports}"
 
     replicas = services["ccnet-replica"]

@@ -59,7 +59,11 @@ def _run_flags(pod: dict[str, Any], models: Path, cache_volume: str) -> list[str
     flags += ["--cpus", str(min(float(limits["cpu"]), cores))]
     flags += ["--memory", limits["memory"].replace("Gi", "g").replace("Mi", "m")]
     for variable in container.get("env", []):
-        flags += ["-e", f"{variable['name']}={variable['value']}"]
+        if "valueFrom" in variable:  # the API key, from a Secret the manifest requires
+            assert variable["valueFrom"]["secretKeyRef"]["optional"] is False
+            flags += ["-e", f"{variable['name']}={API_KEY}"]
+        else:
+            flags += ["-e", f"{variable['name']}={variable['value']}"]
     for mount in container["volumeMounts"]:
         path = mount["mountPath"]
         if path == "/models":
@@ -79,6 +83,10 @@ def _extra_checkpoint(destination: Path) -> None:
     checkpoint = torch.load(ASSETS / "ccnet-tiny.pt", map_location="cpu", weights_only=False)
     checkpoint["meta"]["config"]["name"] = EXTRA_MODEL
     torch.save(checkpoint, destination)
+
+
+API_KEY = "deploy-test-key"  # stands in for the manifest's ccnet-api-key Secret
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @dataclass
@@ -189,13 +197,14 @@ def test_segments_a_photograph(container: Container) -> None:
     response = httpx.post(
         f"{container.url}/v1/segment",
         files={"image": ("astronaut.png", png, "image/png")},
+        headers=AUTH,
         timeout=120,
     )
     assert response.status_code == 200, response.text[:2000]
     mask = Image.open(io.BytesIO(response.content))
     assert mask.format == "PNG" and mask.mode in ("P", "L"), mask.mode
     assert mask.size == (photo.shape[1], photo.shape[0]), mask.size
-    listed = httpx.get(f"{container.url}/v1/models", timeout=10).json()["models"]
+    listed = httpx.get(f"{container.url}/v1/models", headers=AUTH, timeout=10).json()["models"]
     model = next(m for m in listed if m["name"] == response.headers["x-model"])
     assert int(np.asarray(mask).max()) < len(model["classes"])
 
@@ -207,6 +216,7 @@ def test_segments_a_clip(container: Container) -> None:
     response = httpx.post(
         f"{container.url}/v1/segment/video",
         files={"video": (path.name, path.read_bytes(), "image/gif")},
+        headers=AUTH,
         timeout=300,
     )
     assert response.status_code == 200, response.text[:2000]
@@ -219,7 +229,7 @@ def test_segments_a_clip(container: Container) -> None:
 
 
 def test_models_folder_is_served(container: Container) -> None:
-    listed = httpx.get(f"{container.url}/v1/models", timeout=10).json()["models"]
+    listed = httpx.get(f"{container.url}/v1/models", headers=AUTH, timeout=10).json()["models"]
     names = {m["name"] for m in listed}
     assert names == {"ccnet-tiny", "ccnet3d-tiny", EXTRA_MODEL}, names
     _, png = _photo()
@@ -227,6 +237,7 @@ def test_models_folder_is_served(container: Container) -> None:
         f"{container.url}/v1/segment",
         params={"model": EXTRA_MODEL},
         files={"image": ("astronaut.png", png, "image/png")},
+        headers=AUTH,
         timeout=120,
     )
     assert response.status_code == 200 and response.headers["x-model"] == EXTRA_MODEL
@@ -266,7 +277,7 @@ def test_sigterm_finishes_accepted_requests_then_exits_0(container: Container) -
     connections = []
     for path, (body, media_type) in uploads:
         connection = http.client.HTTPConnection(host, int(port), timeout=120)
-        connection.request("POST", path, body=body, headers={"Content-Type": media_type})
+        connection.request("POST", path, body=body, headers={"Content-Type": media_type, **AUTH})
         connections.append((path, connection))
     time.sleep(0.2)  # every request read by the server (loopback; bodies of at most 1 MB)
     answered_before = sum(

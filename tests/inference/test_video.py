@@ -212,7 +212,8 @@ def test_audio_only_file_is_refused() -> None:
         frame.sample_rate = 8000
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    with pytest.raises(VideoDecodeError, match="no video stream"):
+    # WAV is no container we read (issue 21 #7: FFmpeg's demuxers are an allow-list)
+    with pytest.raises(VideoDecodeError, match="not a video in a container we read"):
         decode_video(buffer.getvalue(), **LIMITS)
 
 

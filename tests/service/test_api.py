@@ -272,7 +272,7 @@ def test_unknown_route_and_method(client) -> None:
 # ---------------------------------------------------------------- API key
 
 
-def test_api_key_protects_v1_but_not_health(small_rgb) -> None:
+def test_api_key_protects_v1_and_metrics_but_not_health(small_rgb) -> None:
     with make_client(api_key="s3cret") as locked:
         _error(locked.get("/v1/models"), 401, "unauthorized")
         _error(_post_image(locked, png_bytes(small_rgb)), 401, "unauthorized")
@@ -283,7 +283,9 @@ def test_api_key_protects_v1_but_not_health(small_rgb) -> None:
         assert locked.get("/v1/models", headers=bearer).status_code == 200
         assert locked.get("/healthz").status_code == 200
         assert locked.get("/readyz").status_code == 200
-        assert locked.get("/metrics").status_code == 200
+        # /metrics names the models and shows the live budget: behind the key (issue 21 #12)
+        _error(locked.get("/metrics"), 401, "unauthorized")
+        assert locked.get("/metrics", headers=bearer).status_code == 200
 
 
 # ---------------------------------------------------------------- clips
@@ -360,7 +362,8 @@ def _metric(text: str, name: str) -> float:
 
 def test_concurrent_requests_are_batched(small_rgb) -> None:
     data = png_bytes(small_rgb)
-    with make_client(max_batch_wait_ms=100, max_batch_size=8) as batched:
+    # one client sends all 32: its share of the image queue allows them
+    with make_client(max_batch_wait_ms=100, max_batch_size=8, client_queue_size=32) as batched:
         with ThreadPoolExecutor(32) as pool:
             responses = list(pool.map(lambda _: _post_image(batched, data), range(32)))
         assert [r.status_code for r in responses] == [200] * 32

@@ -189,7 +189,9 @@ def test_decoding_runs_at_most_decode_workers_at_a_time(monkeypatch, gif_clip) -
                 running[0] -= 1
 
     monkeypatch.setattr(acceptance, "decode_video", counted)
-    with make_client(decode_workers=1, video_queue_size=8) as one, ThreadPoolExecutor(4) as pool:
+    # one client posting four clips at once: its share of the clip queue allows them
+    settings = {"decode_workers": 1, "video_queue_size": 8, "client_video_queue_size": 4}
+    with make_client(**settings) as one, ThreadPoolExecutor(4) as pool:
         statuses = [r.status_code for r in pool.map(lambda _: _post_clip(one, gif_clip), range(4))]
     assert statuses == [200] * 4
     assert peak[0] == 1

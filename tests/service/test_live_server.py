@@ -32,6 +32,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     env = {
         "CCNET_LOG_FORMAT": "json",
         "CCNET_MAX_BATCH_WAIT_MS": "20",
+        "CCNET_CLIENT_QUEUE_SIZE": "32",  # one client sends 32 at once below
         "CCNET_HEADER_TIMEOUT_S": "1",
     }
     with serve(log, env, drop=("CCNET_API_KEY",)) as base:

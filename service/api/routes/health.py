@@ -1,4 +1,6 @@
-"""Liveness, readiness and Prometheus metrics: cheap, and open even when an API key is set.
+"""Liveness, readiness and Prometheus metrics: cheap; the probes are open even when an API key
+is set, /metrics needs the key then (it names the models and shows the live memory budget,
+which tells an attacker how large an upload to aim with).
 
 /healthz and /readyz read the same ``Readiness`` as every /v1 route. They never show a
 file path or an exception text (they are open to anyone who can reach the port): a failed
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from ccnet.service.api.deps import StateDep, readiness_error
+from ccnet.service.api.deps import ApiKey, StateDep, readiness_error
 from ccnet.service.api.errors import error_response
 from ccnet.service.metrics import CONTENT_TYPE
 from ccnet.service.schemas import Health
@@ -45,7 +47,9 @@ def readyz(state: StateDep) -> Response | dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[ApiKey]
+)
 def metrics(state: StateDep) -> Response:
     """Requests and latency by route and status, errors by code, queue depth, batch sizes,
     inference time by backend and the memory budget in use, in the Prometheus text format."""

@@ -3,8 +3,9 @@ models folder now (hot reload, ``service.reload``)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from ccnet.service.api.deps import ApiKey, RegistryDep, StateDep
 from ccnet.service.api.errors import ApiError
@@ -63,5 +64,6 @@ async def reload_models(registry: RegistryDep, state: StateDep) -> dict[str, obj
     watcher = state.watcher
     if watcher is None:
         raise ApiError(409, "no_model_dir", "no models folder is configured (set CCNET_MODEL_DIR)")
-    report = await run_in_threadpool(watcher.poll, settle=False)
+    # on the watcher's own thread: waiting for a slow reload holds no request thread
+    report = await asyncio.wrap_future(watcher.request_poll())
     return {"report": report.describe(), **_listing(registry)}
