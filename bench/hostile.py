@@ -36,12 +36,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,14 +51,9 @@ import httpx2
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench._serve import serve_process
+
 MiB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -92,39 +84,12 @@ class Server:
 
 @contextmanager
 def serve(env: dict[str, str], log: Path) -> Iterator[Server]:
-    port = _free_port()
-    environment = {**os.environ, "CCNET_LOG_FORMAT": "json", **env}
-    environment.pop("CCNET_API_KEY", None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx2.get(f"{server.base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        else:
-            raise RuntimeError("the server was not ready within 120 s")
-        yield server
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """``ccnet serve`` with the default settings and ``env`` (JSON logs, no API key)."""
+    with serve_process(log, {"CCNET_LOG_FORMAT": "json", **env}, drop=("CCNET_API_KEY",)) as (
+        base,
+        process,
+    ):
+        yield Server(process, int(base.rsplit(":", 1)[1]), log)
 
 
 @dataclass

@@ -33,17 +33,15 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from bench._serve import serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 320, 448
@@ -52,47 +50,10 @@ HEIGHT, WIDTH = 320, 448
 # ----------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _server(env: dict[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    import httpx2
-
-    port = _free_port()
-    environment = {**os.environ, "CCNET_LOG_FORMAT": "text", "CCNET_LOG_LEVEL": "warning", **env}
-    environment.pop("CCNET_API_KEY", None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"ccnet serve exited:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx2.TransportError):
-                if httpx2.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ccnet serve not ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield base, process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def _server(env: dict[str, str], log: Path) -> contextlib.AbstractContextManager[Any]:
+    """``ccnet serve`` with ``env`` (quiet text logs, no API key): (base URL, process)."""
+    quiet = {"CCNET_LOG_FORMAT": "text", "CCNET_LOG_LEVEL": "warning", **env}
+    return serve_process(log, quiet, ready_s=180, drop=("CCNET_API_KEY",))
 
 
 def _rss_bytes(pid: int) -> int:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx2
 import numpy as np
 import pytest
 
-from .live import ROOT, free_port, serve
+from bench._serve import serve_process
+
+from .live import ROOT, serve
 
 pytestmark = pytest.mark.slow
 websockets = pytest.importorskip("websockets")
@@ -65,29 +64,10 @@ def test_the_readme_python_client_runs(tmp_path: Path) -> None:
 def test_sigterm_says_going_away_with_a_reason(tmp_path: Path) -> None:
     """A session open when the server gets SIGTERM is told so (1001 and a reason), and the
     server still exits."""
-    port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "CCNET_LOG_FORMAT": "text"}
-    env.pop("CCNET_API_KEY", None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ccnet", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    env = {"CCNET_LOG_FORMAT": "text"}
+    with serve_process(log, env, drop=("CCNET_API_KEY",)) as (base, process):
+        port = int(base.rsplit(":", 1)[1])
 
         async def session() -> tuple[dict, int, str]:
             url = f"ws://127.0.0.1:{port}/v1/stream?model=ccnet3d-tiny"
@@ -105,7 +85,3 @@ def test_sigterm_says_going_away_with_a_reason(tmp_path: Path) -> None:
         # uvicorn re-raises the signal it caught once it has shut down: killed by SIGTERM
         assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
         assert "Application shutdown complete" in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
