@@ -132,14 +132,25 @@ def read_sidecar(path: str | os.PathLike[str], *, verify: bool = True) -> dict[s
     if verify:
         given = Path(path)
         model_file = given if given.suffix != ".json" else file.with_suffix(".onnx")
-        if not model_file.is_file():
-            raise FileNotFoundError(f"{file}: the model file it describes is missing: {model_file}")
-        if data.get("sha256") and file_sha256(model_file) != data["sha256"]:
-            raise ValueError(
-                f"{file}: {model_file} is not the file this sidecar describes (SHA-256 differs); "
-                "export again"
-            )
+        _check_described(file, model_file, data, "model file", "export again")
     return data
+
+
+def _check_described(
+    file: Path, described: Path, data: dict[str, Any], what: str, fix: str
+) -> None:
+    """The file a sidecar describes exists and has the recorded SHA-256 (when it records one).
+
+    Raises:
+        FileNotFoundError: it is missing.
+        ValueError: it is another file than the sidecar describes; ``fix`` says what to do.
+    """
+    if not described.is_file():
+        raise FileNotFoundError(f"{file}: the {what} it describes is missing: {described}")
+    if data.get("sha256") and file_sha256(described) != data["sha256"]:
+        raise ValueError(
+            f"{file}: {described} is not the {what} this sidecar describes (SHA-256 differs); {fix}"
+        )
 
 
 def _check_file_name(file: Path, data: dict[str, Any], field: str) -> None:
@@ -222,11 +233,5 @@ def read_engine_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     _check_file_name(file, data, "engine_file")
     given = Path(path)
     engine = given if given.suffix != ".json" else file.parent / data["engine_file"]
-    if not engine.is_file():
-        raise FileNotFoundError(f"{file}: the engine file it describes is missing: {engine}")
-    if data.get("sha256") and file_sha256(engine) != data["sha256"]:
-        raise ValueError(
-            f"{file}: {engine} is not the engine this sidecar describes (SHA-256 differs); "
-            "build it again"
-        )
+    _check_described(file, engine, data, "engine file", "build it again")
     return data
