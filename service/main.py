@@ -48,6 +48,8 @@ def _load(state: AppState, stop_on_failure: bool) -> None:
             state.readiness.set_failed(error.model)
         elif isinstance(error, DuplicateModelError):
             state.readiness.set_failed(reason=str(error))
+        elif isinstance(error, FileNotFoundError) and state.settings.model_dir is not None:
+            state.readiness.set_failed(reason="the models folder does not exist")
         else:
             state.readiness.set_failed()
         if stop_on_failure:

@@ -29,13 +29,29 @@ from ccnet.service.served import (
     ServedVideoModel,
 )
 
-__all__ = ["ModelRegistry", "Preparer", "UnknownModelError"]
+__all__ = ["ModelRegistry", "NoModelsError", "Preparer", "UnknownModelError"]
 
 log = logging.getLogger("ccnet.service.models")
 
 
+def _duplicate(name: str, file: str | None) -> DuplicateModelError:
+    """The error for a second model called ``name``, saying what resolves it: a models-folder
+    ``file`` is named by its stem (rename the file); a ``--model`` takes ``NAME=PATH``."""
+    if file is not None:
+        return DuplicateModelError(
+            name,
+            f"{file}: its file name makes it {name!r}, a name another model already has; "
+            "rename the file",
+        )
+    return DuplicateModelError(name, f"two models are named {name!r}; name one NAME=PATH")
+
+
 class UnknownModelError(LookupError):
     """No loaded model has that name, or it is of the other kind."""
+
+
+class NoModelsError(UnknownModelError):
+    """No model is loaded at all (an empty models folder): not the request's fault."""
 
 
 Served = TypeVar("Served", ServedImageModel, ServedVideoModel)
@@ -62,6 +78,10 @@ class ModelRegistry:
         with self._lock:
             return iter(list(self.models.values()))
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.models)
+
     def lease(self, pick: Callable[[], Served]) -> Served:
         """``pick()`` (a lookup raising on unknown names) with a lease taken on its result, in
         one step against swaps; the caller must ``release()`` it."""
@@ -83,15 +103,26 @@ class ModelRegistry:
 
             torch.set_num_threads(threads)
         log.info("%d inference worker(s) per image model, %d thread(s) each", workers, threads)
-        for name, path in self.settings.model_sources():
+        sources = self.settings.model_sources()
+        folder = self.settings.model_dir
+        for name, path in sources:
             try:
                 version = ModelVersion(path, file_sha256(path), time.time())
             except OSError as error:
                 raise ModelLoadError(name or path.stem) from error
-            served = self.builder.build(name, path, version, taken=self.models)
+            try:
+                served = self.builder.build(name, path, version, taken=self.models)
+            except DuplicateModelError as error:
+                in_folder = folder is not None and path.parent == folder
+                raise _duplicate(error.name, path.name if in_folder else None) from None
             with self._lock:
                 self.models[served.info.name] = served
                 self.defaults.setdefault(served.info.kind, served.info.name)
+        if not sources:
+            log.warning(
+                "the models folder is empty: nothing is served (and /readyz answers 503) "
+                "until a model file is copied into it"
+            )
 
     # ------------------------------------------------------------------ hot reload (ReloadTarget)
 
@@ -108,7 +139,10 @@ class ModelRegistry:
             self.preparer(path, self.settings)
         with self._lock:
             taken = set(self.models) - {previous}
-        served = self.builder.build(None, path, version, taken=taken)
+        try:  # a folder file is named by its file's stem, as Triton names a model by its folder
+            served = self.builder.build(path.stem, path, version, taken=taken)
+        except DuplicateModelError as error:
+            raise _duplicate(error.name, path.name) from None
         name = served.info.name
         with self._lock:
             if name in self.models and name != previous:  # taken meanwhile (another file)
@@ -120,7 +154,7 @@ class ModelRegistry:
                 self._repair_defaults({previous: name} if previous else {})
         if raced:
             served.close()
-            raise DuplicateModelError(f"two models are named {name!r}")
+            raise _duplicate(name, path.name)
         for old in replaced:
             old.retire()
         return name
@@ -172,6 +206,8 @@ class ModelRegistry:
         """The model called ``name`` (or the default of its kind), checked to be a ``kind``
         (``ServedImageModel`` or ``ServedVideoModel``)."""
         wanted = kind.kind
+        if not self.models:
+            raise NoModelsError("no model is loaded")
         if name is None:
             if wanted not in self.defaults:
                 raise UnknownModelError(f"no {wanted} model is loaded")

@@ -38,7 +38,12 @@ log = logging.getLogger("ccnet.service.models")
 
 
 class DuplicateModelError(ValueError):
-    """Two configured models have the same name (the message holds names, never paths)."""
+    """Two configured models have the same name (the message holds names, never paths);
+    ``name`` is the name, so the caller can say how to resolve it for its kind of source."""
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"two models are named {name!r}")
+        self.name = name
 
 
 class ModelLoadError(RuntimeError):
@@ -209,7 +214,7 @@ class ModelBuilder:
         info = backend.info
         if info.name in taken:
             backend.close()
-            raise DuplicateModelError(f"two models are named {info.name!r}; name one NAME=PATH")
+            raise DuplicateModelError(info.name)
         try:
             self._warm_up(backend)
             activation = self._activation_per_pixel(backend)

@@ -22,7 +22,7 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings
 from ccnet.service.core.readiness import ReadinessProblem
 from ccnet.service.metrics import ServiceMetrics
-from ccnet.service.registry import ModelRegistry, Served, UnknownModelError
+from ccnet.service.registry import ModelRegistry, NoModelsError, Served, UnknownModelError
 from ccnet.service.served import ServedImageModel, ServedVideoModel
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "SettingsDep",
     "StateDep",
     "readiness_error",
+    "serving_problem",
     "require_api_key",
 ]
 
@@ -73,9 +74,28 @@ def get_registry(state: StateDep) -> ModelRegistry:
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
+NO_MODELS = ReadinessProblem(
+    "no_models",
+    "no model is loaded (the models folder is empty, or its files failed to load: "
+    "GET /v1/models lists them)",
+    retry_after_s=10,
+)
+
+
+def serving_problem(state: AppState) -> ReadinessProblem | None:
+    """Why the service cannot answer a segmentation now: still loading, loading failed, or
+    nothing loaded at all (a models folder emptied, or every file in it failing)."""
+    problem = state.readiness.problem()
+    if problem is None and len(state.registry) == 0:
+        return NO_MODELS
+    return problem
+
+
 def _lookup(registry: ModelRegistry, name: str | None, kind: type):
     try:
         return registry.get(name, kind)
+    except NoModelsError:
+        raise readiness_error(NO_MODELS) from None
     except UnknownModelError as error:
         raise ApiError(422, "unknown_model", str(error)) from None
 
