@@ -33,8 +33,8 @@ __all__ = [
     "SettingsDep",
     "StateDep",
     "readiness_error",
-    "serving_problem",
     "require_api_key",
+    "serving_problem",
 ]
 
 
