@@ -5,6 +5,7 @@ at the test's own port. Nothing else of a block is changed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -77,10 +78,8 @@ def run_shell_block(
         out, err = process.communicate()
         raise AssertionError(f"README block {marker} timed out:\n{out}\n{err}") from None
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
     assert done.returncode == 0, f"README block {marker} failed:\n{block}\n{out}\n{err[-6000:]}"
     return done
