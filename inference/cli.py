@@ -67,7 +67,7 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
         help="segment image and clip files or folders; write masks / overlays / JSON",
         description="Segment files offline with the service's pipeline (the Python API's "
         "Segmenter). Folders are searched recursively for images and clips; the results "
-        "mirror the inputs' relative paths under --output-dir (an absolute path, or one "
+        "mirror the inputs' relative paths under --out (an absolute path, or one "
         "with '..', starts from its own name), so no two inputs share a result. Images give a mask "
         "PNG (pixel = class id, palette attached), an overlay and/or JSON statistics; clips "
         "(.mp4 .webm .avi .mov .mkv, animated .gif) give a zip of mask PNGs, an overlay clip "
@@ -84,7 +84,9 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
         choices=SAMPLE_IMAGES,
         help="also segment a sample photograph shipped with scikit-image (repeatable)",
     )
-    predict.add_argument("-o", "--output-dir", required=True, help="directory for the results")
+    predict.add_argument(
+        "-o", "--out", dest="output_dir", required=True, help="directory for the results"
+    )
     source = predict.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint",
@@ -95,7 +97,13 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--model",
         metavar="NAME",
-        help="image model: a zoo name, built with untrained weights (a pipeline check)",
+        help="image model: a name with bundled weights (see `ccnet models`), or any zoo name "
+        "with --untrained",
+    )
+    predict.add_argument(
+        "--untrained",
+        action="store_true",
+        help="with --model: freshly initialised weights (a pipeline check, not a model)",
     )
     predict.add_argument(
         "--video-checkpoint",
@@ -180,10 +188,10 @@ class _Models:
         from ccnet.inference.segmenter import Segmenter
 
         if self._image is None:
-            if self.args.model is not None:
+            if self.args.untrained:
                 self._image = self._untrained(self.args.model)
             else:
-                path = Path(self.args.checkpoint or BUNDLED_MODELS[0])
+                path = Path(self.args.checkpoint or self._bundled() or BUNDLED_MODELS[0])
                 backend = open_backend(path, self.options())
                 if backend.info.kind != "image":
                     backend.close()
@@ -193,10 +201,29 @@ class _Models:
                 self._image = Segmenter(backend, max_side=self.args.max_side)
         return self._image
 
-    def _untrained(self, name: str) -> Any:
+    def _bundled(self) -> Path | None:
+        """The bundled weights ``--model NAME`` means (None without --model): a name never
+        silently means untrained weights."""
+        from ccnet.inference.demo import bundled_model
+
+        name = self.args.model
+        if name is None:
+            return None
+        path = bundled_model(name)
+        if path is None:
+            names = ", ".join(p.stem for p in BUNDLED_MODELS)
+            raise ValueError(
+                f"--model {name}: no bundled weights for this name (bundled: {names}); give "
+                "--checkpoint FILE, or add --untrained for freshly initialised weights"
+            )
+        return path
+
+    def _untrained(self, name: str | None) -> Any:
         from ccnet.inference.segmenter import Segmenter
         from ccnet.model import build_model
 
+        if name is None:
+            raise ValueError("--untrained needs --model NAME (the zoo configuration to build)")
         model = build_model(name)
         if model.config is not None and model.config.video:
             raise ValueError(f"--model {name}: a video configuration; image models only")

@@ -49,7 +49,7 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--device", choices=("auto", "cpu", "cuda"), help="where to run (default auto)"
     )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--port", type=port_number, help="port, 0..65535 (default 8000)")
     serve.add_argument("--workers", type=positive_int, help="worker processes (default 1)")
     serve.add_argument(
         "--inference-workers",
@@ -91,6 +91,29 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_cmd_serve)
 
 
+def port_number(text: str) -> int:
+    """A TCP port (0: the system picks one), for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535)")
+    return value
+
+
+def _describe_invalid(error: Any, overrides: dict[str, str]) -> str:
+    """A pydantic ``ValidationError`` of the settings as one line: each bad setting by the
+    flag that set it (or its ``CCNET_*`` variable), its value and what is wrong."""
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item.get("loc") else "?"
+        variable = f"CCNET_{field.upper()}"
+        where = f"--{field.replace('_', '-')}" if variable in overrides else variable
+        parts.append(f"{where}={item.get('input')!s}: {item.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(parts)
+
+
 def _settings_env(args: argparse.Namespace) -> dict[str, str]:
     """The CCNET_* variables that carry the flags to every worker process."""
     env = {}
@@ -129,7 +152,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     try:
         settings = Settings(_env_file=None, **_from_environment(environment))
     except ValidationError as error:
-        raise ValueError(f"invalid setting: {error}") from None
+        raise ValueError(_describe_invalid(error, overrides)) from None
     for _, path in settings.model_sources():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such model file")
