@@ -29,7 +29,13 @@ from ccnet.service.served import (
     ServedVideoModel,
 )
 
-__all__ = ["ModelRegistry", "NoModelsError", "Preparer", "UnknownModelError"]
+__all__ = [
+    "ModelRegistry",
+    "NoModelsError",
+    "Preparer",
+    "UnknownModelError",
+    "WrongModelKindError",
+]
 
 log = logging.getLogger("ccnet.service.models")
 
@@ -48,6 +54,10 @@ def _duplicate(name: str, file: str | None) -> DuplicateModelError:
 
 class UnknownModelError(LookupError):
     """No loaded model has that name, or it is of the other kind."""
+
+
+class WrongModelKindError(UnknownModelError):
+    """The model exists but segments the other kind of input (a clip model for an image)."""
 
 
 class NoModelsError(UnknownModelError):
@@ -217,8 +227,11 @@ class ModelRegistry:
             known = ", ".join(sorted(self.models)) or "none"
             raise UnknownModelError(f"no model named {name!r} is loaded (loaded: {known})")
         if not isinstance(served, kind):
-            raise UnknownModelError(
-                f"model {name!r} segments {served.info.kind}s; this endpoint needs a {wanted} model"
+            endpoint = "/v1/segment/video" if served.info.kind == "video" else "/v1/segment"
+            article = "an" if wanted == "image" else "a"
+            raise WrongModelKindError(
+                f"model {name!r} segments {served.info.kind}s, and this endpoint needs "
+                f"{article} {wanted} model: send {served.info.kind}s to {endpoint}"
             )
         return served
 

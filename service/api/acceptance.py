@@ -40,7 +40,12 @@ from ccnet.inference.video import (
 )
 from ccnet.service.admission import OverBudgetError, Reservation
 from ccnet.service.api.errors import ApiError
-from ccnet.service.api.media import IMAGE_MEDIA_TYPES, check_media_type
+from ccnet.service.api.media import (
+    IMAGE_MEDIA_TYPES,
+    check_media_type,
+    refuse_clip,
+    refuse_still_image,
+)
 from ccnet.service.api.state import AppState, app_state
 from ccnet.service.api.upload import Upload, UploadLimits, read_upload
 from ccnet.service.batching import OverloadedError
@@ -183,6 +188,7 @@ async def accept_image(
     The memory reservation is held until the ``async with`` block ends."""
     settings = app_state(request).settings
     async with _work(request, "image", settings.max_image_bytes) as (work, upload):
+        refuse_clip(upload.data, upload.media_type)
         header = await work.run(probe_image, upload.data, pool=work.state.probes)
         if header is not None and header.width * header.height > settings.max_pixels:
             pixels = header.width * header.height
@@ -281,6 +287,7 @@ async def accept_clip(
     clip. Inside the block the clip owns a claimed slot: submit it with ``claimed=True``."""
     settings = app_state(request).settings
     async with _work(request, "video", settings.max_video_bytes) as (work, upload):
+        refuse_still_image(upload.data, upload.media_type)
         # the queue slot first: it costs nothing to check, and a full queue refuses the clip
         # before even its header is read
         try:
