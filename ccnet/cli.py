@@ -224,12 +224,9 @@ def _register_convert(commands: argparse._SubParsersAction) -> None:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from ccnet.service.core.version import package_version  # metadata only, no app
 
-    try:
-        return version("ccnet-stack")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
+    return package_version()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings, get_settings
 from ccnet.service.core.logging import configure_logging
 from ccnet.service.core.memory import pin_malloc_thresholds
+from ccnet.service.core.version import package_version
 from ccnet.service.registry import Preparer
 from ccnet.service.reload import ModelWatcher
 from ccnet.service.served import DuplicateModelError, ModelLoadError
@@ -122,7 +123,7 @@ def create_app(
     app = FastAPI(
         title="CCNet segmentation service",
         description=_DESCRIPTION,
-        version="1.0.0",
+        version=package_version(),
         lifespan=lifespan,
         docs_url=None,  # served offline by routes.docs
         redoc_url=None,

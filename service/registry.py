@@ -128,6 +128,7 @@ class ModelRegistry:
             with self._lock:
                 self.models[served.info.name] = served
                 self.defaults.setdefault(served.info.kind, served.info.name)
+            self.metrics.record_version(served.info.name, served.version, serving=True)
         if not sources:
             log.warning(
                 "the models folder is empty: nothing is served (and /readyz answers 503) "
@@ -166,7 +167,9 @@ class ModelRegistry:
             served.close()
             raise _duplicate(name, path.name)
         for old in replaced:
+            self.metrics.record_version(old.info.name, old.version, serving=False)
             old.retire()
+        self.metrics.record_version(name, version, serving=True)
         return name
 
     def unload(self, name: str) -> None:
@@ -175,6 +178,7 @@ class ModelRegistry:
             served = self.models.pop(name, None)
             self._repair_defaults({})
         if served is not None:
+            self.metrics.record_version(name, served.version, serving=False)
             served.retire()
 
     def _repair_defaults(self, renamed: dict[str | None, str]) -> None:
@@ -199,6 +203,8 @@ class ModelRegistry:
                 self.failures.pop(file, None)
             else:
                 self.failures[file] = failure
+        if failure is not None:
+            self.metrics.reload_failures.labels(file).inc()
 
     def served_files(self, directory: Path) -> Iterable[tuple[Path, str, ModelVersion]]:
         """(path, model name, version) of the models loaded from ``directory``: the watcher

@@ -108,6 +108,8 @@ def test_failed_reload_is_not_2xx_and_empty_folder_is_not_ready(tmp_path: Path) 
         assert error["code"] == "reload_failed" and "broken.pt" in error["message"]
         assert str(models) not in error["message"]
         assert client.get("/readyz").status_code == 503
+        metrics = client.get("/metrics").text
+        assert 'ccnet_model_reload_failures_total{file="broken.pt"} 1.0' in metrics
 
         (models / "broken.pt").unlink()
         shutil.copy(TINY, models / "tiny.pt")
@@ -116,3 +118,25 @@ def test_failed_reload_is_not_2xx_and_empty_folder_is_not_ready(tmp_path: Path) 
         assert [m["name"] for m in answer.json()["models"]] == ["tiny"]
         assert answer.json()["failures"] == []
         assert client.get("/readyz").status_code == 200
+        sha256 = file_sha256(models / "tiny.pt")
+        metrics = client.get("/metrics").text
+        assert f'ccnet_model_version_info{{file="tiny.pt",model="tiny",sha256="{sha256}"}} 1.0' in (
+            metrics
+        )
+
+
+def test_openapi_version_is_the_package_version_and_logs_have_no_colour_codes() -> None:
+    import json
+    import logging
+    from importlib.metadata import version
+
+    from ccnet.service.core.logging import JsonFormatter
+
+    with make_client(precision="fp32") as client:
+        assert client.get("/openapi.json").json()["info"]["version"] == version("ccnet-stack")
+        metrics = client.get("/metrics").text
+        assert f'ccnet_build_info{{version="{version("ccnet-stack")}"}} 1.0' in metrics
+    record = logging.LogRecord("uvicorn.error", logging.INFO, "x", 1, "Started", (), None)
+    record.color_message = "\x1b[32mStarted\x1b[0m"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "Started" and "color_message" not in line
