@@ -53,6 +53,7 @@ def test_evaluate_prints_json(trained, capsys, mode: str) -> None:
     assert result["pixels"] == 2 * 32 * 32
     assert list(result["per_class_iou"]) == list(CLASSES)
     assert 0.0 <= result["pixel_acc"] <= 1.0
+    assert result["scores_are"].startswith("fractions of 1")  # labelled: JSON keeps fractions
 
 
 def test_evaluate_table(trained, capsys) -> None:
@@ -141,6 +142,8 @@ def test_run_folder_has_a_text_log_also_on_stderr_without_the_bar(tmp_path, caps
     (val,) = [line for line in log if ": val mIoU" in line]
     assert val.rstrip().endswith("%"), val  # percent, as every human-facing line
     assert "best val mIoU" in log[-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["scores_are"].startswith("fractions of 1")
     err = capsys.readouterr().err
     assert all(line.split(" ", 2)[2] in err for line in log)  # the same lines, no bar
 
