@@ -166,7 +166,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="CCNet (criss-cross attention) semantic segmentation: models, serving, "
         "prediction, training, export and checkpoint conversion.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = set(_COMMANDS) if only is None else ({only} if only in _COMMANDS else set())
     modules = {_COMMANDS[name][1] for name in wanted}
@@ -221,6 +221,21 @@ def _register_convert(commands: argparse._SubParsersAction) -> None:
         "embedded config (default false; official checkpoints always use true)",
     )
     convert.set_defaults(handler=_cmd_convert)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, reading the package metadata only when asked (importlib.metadata
+    costs more than the rest of ``ccnet --help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+            help="show the version and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

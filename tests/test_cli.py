@@ -210,13 +210,14 @@ def test_top_level_help_and_version_import_no_torch(flag) -> None:
     code = (
         "import sys, ccnet.cli\n"
         f"try:\n    ccnet.cli.main([{flag!r}])\nexcept SystemExit:\n    pass\n"
-        "print('torch' in sys.modules, 'numpy' in sys.modules)"
+        "print('torch' in sys.modules, 'numpy' in sys.modules, "
+        "'importlib.metadata' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False False", done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "False False False", done.stdout
 
 
 def test_mistyped_flag_gets_the_subcommands_usage_and_a_suggestion(capsys) -> None:
