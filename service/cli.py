@@ -26,9 +26,10 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="start the HTTP segmentation service",
-        description="Serve image (CCNet) and clip (CCNet3D) segmentation over HTTP. With no "
-        "--model the bundled demo models ccnet-tiny and ccnet3d-tiny are served. Every flag "
-        "has a CCNET_* environment variable (CCNET_API_KEY sets the API key); flags win.",
+        description="Serve image (CCNet) and clip (CCNet3D) segmentation over HTTP. With "
+        "neither --model nor --model-dir the bundled demo models ccnet-tiny and ccnet3d-tiny "
+        "are served. Every flag has a CCNET_* environment variable (CCNET_API_KEY sets the "
+        "API key); flags win.",
     )
     serve.add_argument(
         "--model",
@@ -38,7 +39,9 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "repeat for several models (default: the bundled demo models)",
     )
     serve.add_argument(
-        "--model-dir", help="also serve every model file in this directory (default: none)"
+        "--model-dir",
+        help="a models folder (it must exist): every model file in it is served under its "
+        "file's stem (mine.pt -> mine) and followed while serving (default: none)",
     )
     serve.add_argument(
         "--backend",

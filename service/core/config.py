@@ -32,7 +32,9 @@ class Settings(BaseSettings):
         "optionally NAME=PATH; comma-separated in the environment",
     )
     model_dir: Path | None = Field(
-        None, description="also serve every .pt/.onnx/.engine file in this directory"
+        None,
+        description="a models folder: every model file in it is served, named by its file's "
+        "stem, and followed while serving (hot reload); it must exist",
     )
     model_poll_s: float = Field(
         10.0,
