@@ -3,8 +3,14 @@
 Conventions for every subcommand:
 
 * A package contributes its subcommands through ``<package>/cli.py:register(commands)``, which
-  adds argparse subparsers and sets ``handler=`` on each; ``build_parser`` gathers them here.
-  Handlers import heavy modules lazily, so ``ccnet --help`` stays instant.
+  adds argparse subparsers and sets ``handler=`` on each. ``main`` registers only the package
+  of the command being run (``_COMMANDS`` says which); ``ccnet --help`` and ``--version``
+  register none, so they never import torch (which training's flags need) and answer at once.
+  Handlers import heavy modules lazily too.
+* A flag means one thing in every command: ``-o``/``--out`` is where results go (a file or a
+  folder), ``--output`` what kind of result (``png``, ``mask``, ...); ``--model NAME`` a model
+  by name with its bundled weights. A mistyped flag gets the subcommand's usage and the
+  nearest flag (``did you mean --port?``).
 * Expected failures (missing file, corrupt checkpoint, unreadable image, bad value) are raised
   as ``ValueError`` or ``OSError`` whose message names the file and the problem. ``main``
   prints them as one line ``ccnet <command>: error: …`` and exits with status 2 (set
@@ -15,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 
-from ccnet.export import cli as export_cli
-from ccnet.inference import cli as inference_cli
 from ccnet.inference.demo import ZOO_CATALOG, bundled_model
-from ccnet.service import cli as service_cli
-from ccnet.training import cli as training_cli
 
 __all__ = ["main"]
 
@@ -137,25 +141,56 @@ def _register_models(commands: argparse._SubParsersAction) -> None:
     models.set_defaults(handler=_cmd_models)
 
 
+# every command: (its one-line help, the module whose ``register`` adds it; None: this one)
+_COMMANDS: dict[str, tuple[str, str | None]] = {
+    "models": ("list the named model configurations and which have bundled weights", None),
+    "serve": ("start the HTTP segmentation service", "ccnet.service.cli"),
+    "predict": ("segment image and clip files", "ccnet.inference.cli"),
+    "train": ("train CCNet / CCNet3D on a data set", "ccnet.training.cli"),
+    "evaluate": ("score a checkpoint on a data set (mIoU, per class)", "ccnet.training.cli"),
+    "synth": ("write the synthetic scene data set", "ccnet.training.cli"),
+    "export": (
+        "export a checkpoint: ONNX, TensorRT engine, Triton model repository",
+        "ccnet.export.cli",
+    ),
+    "convert": ("convert an official CCNet or mmsegmentation checkpoint", None),
+}
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The ``ccnet`` parser; ``only="models"`` registers that command alone (the others'
-    registration imports torch through training's config, a second before anything runs)."""
+    """The ``ccnet`` parser: every command registered (``only=None``), or only ``only``'s
+    package (the others listed by name and help alone); ``only=""`` registers none (``ccnet
+    --help``: training's flags import torch, over a second before anything runs)."""
     parser = argparse.ArgumentParser(
         prog="ccnet",
-        description="CCNet (criss-cross attention) semantic segmentation: models, "
-        "prediction and checkpoint conversion.",
+        description="CCNet (criss-cross attention) semantic segmentation: models, serving, "
+        "prediction, training, export and checkpoint conversion.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _register_models(commands)
-    if only == "models":
-        return parser
+    wanted = set(_COMMANDS) if only is None else ({only} if only in _COMMANDS else set())
+    modules = {_COMMANDS[name][1] for name in wanted}
+    for name, (summary, module) in _COMMANDS.items():
+        if name in commands.choices:
+            continue  # registered with its package
+        if module in modules:
+            if module is None:
+                _register_own(commands, name)
+            else:
+                importlib.import_module(module).register(commands)
+        else:  # listed for --help; never parsed (main registers the command it runs)
+            commands.add_parser(name, help=summary, add_help=False)
+    return parser
 
-    service_cli.register(commands)
-    inference_cli.register(commands)
-    training_cli.register(commands)
-    export_cli.register(commands)
 
+def _register_own(commands: argparse._SubParsersAction, name: str) -> None:
+    if name == "models":
+        _register_models(commands)
+    else:
+        _register_convert(commands)
+
+
+def _register_convert(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser(
         "convert",
         help="convert an official CCNet or mmsegmentation checkpoint",
@@ -166,7 +201,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     convert.add_argument(
         "--from", dest="flavour", required=True, choices=("official", "mmseg"), help="its origin"
     )
-    convert.add_argument("-o", "--output", required=True, metavar="DST", help="our checkpoint")
+    convert.add_argument(
+        "-o", "--out", dest="output", required=True, metavar="DST", help="our checkpoint"
+    )
     convert.add_argument(
         "--classes", help="comma-separated class names (default: Cityscapes' for 19 classes)"
     )
@@ -184,22 +221,41 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "embedded config (default false; official checkpoints always use true)",
     )
     convert.set_defaults(handler=_cmd_convert)
-    return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, reading the package metadata only when asked (importlib.metadata
+    costs more than the rest of ``ccnet --help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+            help="show the version and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from ccnet.service.core.version import package_version  # metadata only, no app
 
-    try:
-        return version("ccnet-stack")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
+    return package_version()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(only="models" if argv[:1] == ["models"] else None)
-    args = parser.parse_args(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    parser = build_parser(only=command)
+    if command and command not in _COMMANDS:
+        parser.error(f"unknown command {command!r}{_nearest(command, list(_COMMANDS))}")
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's usage, not the top level's, and the flag meant
+        flags = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
+        sub = _subparser(parser, args)
+        hint = _nearest(flags[0], _option_strings(sub)) if flags else ""
+        sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     try:
         args.handler(args)
     except BrokenPipeError:
@@ -214,6 +270,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ccnet {args.command}: error: {_message(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _nearest(word: str, known: list[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``known``, or nothing."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in parser._actions for flag in action.option_strings]
+
+
+def _subparser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The (sub)subparser that parsed ``args``: ``ccnet export onnx`` → the onnx parser."""
+    while True:
+        chosen = next(
+            (
+                action.choices.get(getattr(args, action.dest, None))
+                for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction)
+            ),
+            None,
+        )
+        if chosen is None:
+            return parser
+        parser = chosen
 
 
 def _message(error: BaseException) -> str:

@@ -103,7 +103,9 @@ def _register_onnx(targets: argparse._SubParsersAction) -> None:
         "noise and real photographs at two sizes before anything is written.",
     )
     onnx.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by this project")
-    onnx.add_argument("-o", "--output-dir", required=True, metavar="DIR", help="output directory")
+    onnx.add_argument(
+        "-o", "--out", dest="output_dir", required=True, metavar="DIR", help="output directory"
+    )
     _add_precision(onnx)
     onnx.add_argument(
         "--check-size",
@@ -207,7 +209,9 @@ def _register_tensorrt(targets: argparse._SubParsersAction) -> None:
         "shape, and write it with an engine.json sidecar. Needs TensorRT and a CUDA GPU.",
     )
     trt.add_argument("onnx", metavar="ONNX", help="model.onnx written by `ccnet export onnx`")
-    trt.add_argument("-o", "--output", required=True, metavar="PLAN", help="engine file to write")
+    trt.add_argument(
+        "-o", "--out", dest="output", required=True, metavar="PLAN", help="engine file to write"
+    )
     for bound, example in (
         ("min", "1x3x128x128"),
         ("opt", "1x3x512x512"),
@@ -269,7 +273,9 @@ def _register_triton(targets: argparse._SubParsersAction) -> None:
     triton.add_argument(
         "source", metavar="CKPT_OR_ONNX", help="model.onnx (with model.json), or a checkpoint"
     )
-    triton.add_argument("-o", "--output", required=True, metavar="REPO", help="repository dir")
+    triton.add_argument(
+        "-o", "--out", dest="output", required=True, metavar="REPO", help="repository dir"
+    )
     triton.add_argument("--name", required=True, help="the model's name in Triton")
     triton.add_argument(
         "--engine", metavar="PLAN", help="a TensorRT engine built from that ONNX (tensorrt_plan)"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ccnet.inference.demo import DEMO_CLIP_MODEL
+from ccnet.inference.demo import BUNDLED_MODELS, DEMO_CLIP_MODEL
 from ccnet.inference.options import BACKENDS, PRECISIONS
 from ccnet.inference.predict import OUTPUT_KINDS
 from ccnet.model.samples import SAMPLE_IMAGES
@@ -59,7 +59,7 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
         help="segment image and clip files or folders; write masks / overlays / JSON",
         description="Segment files offline with the service's pipeline (the Python API's "
         "Segmenter). Folders are searched recursively for images and clips; the results "
-        "mirror the inputs' relative paths under --output-dir (an absolute path, or one "
+        "mirror the inputs' relative paths under --out (an absolute path, or one "
         "with '..', starts from its own name), so no two inputs share a result. Images give a mask "
         "PNG (pixel = class id, palette attached), an overlay and/or JSON statistics; clips "
         "(.mp4 .webm .avi .mov .mkv, animated .gif) give a zip of mask PNGs, an overlay clip "
@@ -76,7 +76,9 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
         choices=SAMPLE_IMAGES,
         help="also segment a sample photograph shipped with scikit-image (repeatable)",
     )
-    predict.add_argument("-o", "--output-dir", required=True, help="directory for the results")
+    predict.add_argument(
+        "-o", "--out", dest="output_dir", required=True, help="directory for the results"
+    )
     source = predict.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint",
@@ -87,7 +89,13 @@ def _register_predict(commands: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--model",
         metavar="NAME",
-        help="image model: a zoo name, built with untrained weights (a pipeline check)",
+        help="image model: a name with bundled weights (see `ccnet models`), or any zoo name "
+        "with --untrained",
+    )
+    predict.add_argument(
+        "--untrained",
+        action="store_true",
+        help="with --model: freshly initialised weights (a pipeline check, not a model)",
     )
     predict.add_argument(
         "--video-checkpoint",
@@ -197,6 +205,21 @@ def _register_engine(predict: argparse.ArgumentParser) -> None:
     )
 
 
+def _bundled(name: str) -> Path:
+    """The bundled weights ``--model NAME`` means: a name never silently means untrained
+    weights (that takes ``--untrained``)."""
+    from ccnet.inference.demo import bundled_model
+
+    path = bundled_model(name)
+    if path is None:
+        names = ", ".join(p.stem for p in BUNDLED_MODELS)
+        raise ValueError(
+            f"--model {name}: no bundled weights for this name (bundled: {names}); give "
+            "--checkpoint FILE, or add --untrained for freshly initialised weights"
+        )
+    return path
+
+
 def _config(args: argparse.Namespace) -> Any:
     """The run's ``PredictConfig`` from the flags and, as for ``ccnet serve``,
     CCNET_PRECISION, CCNET_CACHE_DIR and CCNET_TRT_PLUGIN (--precision wins)."""
@@ -217,10 +240,17 @@ def _config(args: argparse.Namespace) -> Any:
         max_side=max(8, args.max_side),
         max_video_side=max(8, args.max_video_side),
     )
+    checkpoint, untrained = args.checkpoint, None
+    if args.untrained:
+        if args.model is None:
+            raise ValueError("--untrained needs --model NAME (the zoo configuration to build)")
+        untrained = args.model
+    elif args.model is not None:
+        checkpoint = str(_bundled(args.model))
     return PredictConfig(
         load=load,
-        checkpoint=args.checkpoint,
-        model=args.model,
+        checkpoint=checkpoint,
+        model=untrained,
         video_checkpoint=args.video_checkpoint,
         output=args.output,
         alpha=args.alpha,
@@ -329,8 +359,8 @@ def _predict_on_ray(args: argparse.Namespace, items: list, config: Any, out_dir:
 
     if config.model is not None:
         raise ValueError(
-            "--engine ray needs a model file (--checkpoint): --model builds different "
-            "untrained weights in every worker"
+            "--engine ray needs a model file (--checkpoint or --model): --untrained would "
+            "build different weights in every worker"
         )
     options = RayOptions(
         address=args.address or os.environ.get("RAY_ADDRESS") or None,

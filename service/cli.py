@@ -26,9 +26,10 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="start the HTTP segmentation service",
-        description="Serve image (CCNet) and clip (CCNet3D) segmentation over HTTP. With no "
-        "--model the bundled demo models ccnet-tiny and ccnet3d-tiny are served. Every flag "
-        "has a CCNET_* environment variable (CCNET_API_KEY sets the API key); flags win.",
+        description="Serve image (CCNet) and clip (CCNet3D) segmentation over HTTP. With "
+        "neither --model nor --model-dir the bundled demo models ccnet-tiny and ccnet3d-tiny "
+        "are served. Every flag has a CCNET_* environment variable (CCNET_API_KEY sets the "
+        "API key); flags win.",
     )
     serve.add_argument(
         "--model",
@@ -38,7 +39,9 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "repeat for several models (default: the bundled demo models)",
     )
     serve.add_argument(
-        "--model-dir", help="also serve every model file in this directory (default: none)"
+        "--model-dir",
+        help="a models folder (it must exist): every model file in it is served under its "
+        "file's stem (mine.pt -> mine) and followed while serving (default: none)",
     )
     serve.add_argument(
         "--backend",
@@ -49,7 +52,7 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--device", choices=("auto", "cpu", "cuda"), help="where to run (default auto)"
     )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--port", type=port_number, help="port, 0..65535 (default 8000)")
     serve.add_argument("--workers", type=positive_int, help="worker processes (default 1)")
     serve.add_argument(
         "--inference-workers",
@@ -91,6 +94,29 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_cmd_serve)
 
 
+def port_number(text: str) -> int:
+    """A TCP port (0: the system picks one), for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535)")
+    return value
+
+
+def _describe_invalid(error: Any, overrides: dict[str, str]) -> str:
+    """A pydantic ``ValidationError`` of the settings as one line: each bad setting by the
+    flag that set it (or its ``CCNET_*`` variable), its value and what is wrong."""
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item.get("loc") else "?"
+        variable = f"CCNET_{field.upper()}"
+        where = f"--{field.replace('_', '-')}" if variable in overrides else variable
+        parts.append(f"{where}={item.get('input')!s}: {item.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(parts)
+
+
 def _settings_env(args: argparse.Namespace) -> dict[str, str]:
     """The CCNET_* variables that carry the flags to every worker process."""
     env = {}
@@ -129,7 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     try:
         settings = Settings(_env_file=None, **_from_environment(environment))
     except ValidationError as error:
-        raise ValueError(f"invalid setting: {error}") from None
+        raise ValueError(_describe_invalid(error, overrides)) from None
     exposure = settings.exposure_problem()
     if exposure is not None:
         raise ValueError(exposure)

@@ -34,6 +34,7 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings, get_settings
 from ccnet.service.core.logging import configure_logging
 from ccnet.service.core.memory import pin_malloc_thresholds
+from ccnet.service.core.version import package_version
 from ccnet.service.registry import Preparer
 from ccnet.service.reload import ModelWatcher
 from ccnet.service.served import DuplicateModelError, ModelLoadError
@@ -58,6 +59,8 @@ def _load(state: AppState, stop_on_failure: bool) -> None:
             state.readiness.set_failed(error.model)
         elif isinstance(error, DuplicateModelError):
             state.readiness.set_failed(reason=str(error))
+        elif isinstance(error, FileNotFoundError) and state.settings.model_dir is not None:
+            state.readiness.set_failed(reason="the models folder does not exist")
         else:
             state.readiness.set_failed()
         if stop_on_failure:
@@ -130,7 +133,7 @@ def create_app(
     app = FastAPI(
         title="CCNet segmentation service",
         description=_DESCRIPTION,
-        version="1.0.0",
+        version=package_version(),
         lifespan=lifespan,
         docs_url=None,  # served offline by routes.docs
         redoc_url=None,

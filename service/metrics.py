@@ -6,6 +6,7 @@ Run one worker per container and scale with replicas when the numbers must add u
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -18,6 +19,7 @@ from prometheus_client import (
 
 from ccnet.inference.precision.capabilities import detect_cpu
 from ccnet.inference.precision.select import precision_entry
+from ccnet.service.core.version import package_version
 
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
@@ -28,6 +30,7 @@ _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 if TYPE_CHECKING:
     from ccnet.inference.backends.base import InferenceBackend
+    from ccnet.service.reload import ModelVersion
 
 
 class ServiceMetrics:
@@ -100,6 +103,22 @@ class ServiceMetrics:
         self.ready = Gauge(
             "ccnet_ready", "1 once every model is loaded and warmed up", registry=self.registry
         )
+        self.reload_failures = Counter(
+            "ccnet_model_reload_failures",
+            "models-folder files that failed to (re)load, by file (the last good version serves)",
+            ["file"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "ccnet_model_version_info",
+            "1 per served model: the SHA-256 and file name of the version it serves",
+            ["model", "sha256", "file"],
+            registry=self.registry,
+        )
+        self.build = Gauge(
+            "ccnet_build_info", "1: the ccnet package version", ["version"], registry=self.registry
+        )
+        self.build.labels(package_version()).set(1)
 
     def record_precision(self, backend: InferenceBackend) -> None:
         """Set the precision gauges of a freshly loaded model."""
@@ -118,6 +137,17 @@ class ServiceMetrics:
         self.precision_speedup.labels(backend.info.name).set(
             float(speedup) if isinstance(speedup, int | float) else 1.0
         )
+
+    def record_version(self, name: str, version: ModelVersion | None, serving: bool) -> None:
+        """Mark ``version`` of ``name`` as served (or no longer)."""
+        if version is None:
+            return
+        labels = (name, version.sha256, version.path.name)
+        if serving:
+            self.model_version.labels(*labels).set(1)
+        else:
+            with contextlib.suppress(KeyError):
+                self.model_version.remove(*labels)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -29,13 +29,39 @@ from ccnet.service.served import (
     ServedVideoModel,
 )
 
-__all__ = ["ModelRegistry", "Preparer", "UnknownModelError"]
+__all__ = [
+    "ModelRegistry",
+    "NoModelsError",
+    "Preparer",
+    "UnknownModelError",
+    "WrongModelKindError",
+]
 
 log = logging.getLogger("ccnet.service.models")
 
 
+def _duplicate(name: str, file: str | None) -> DuplicateModelError:
+    """The error for a second model called ``name``, saying what resolves it: a models-folder
+    ``file`` is named by its stem (rename the file); a ``--model`` takes ``NAME=PATH``."""
+    if file is not None:
+        return DuplicateModelError(
+            name,
+            f"{file}: its file name makes it {name!r}, a name another model already has; "
+            "rename the file",
+        )
+    return DuplicateModelError(name, f"two models are named {name!r}; name one NAME=PATH")
+
+
 class UnknownModelError(LookupError):
     """No loaded model has that name, or it is of the other kind."""
+
+
+class WrongModelKindError(UnknownModelError):
+    """The model exists but segments the other kind of input (a clip model for an image)."""
+
+
+class NoModelsError(UnknownModelError):
+    """No model is loaded at all (an empty models folder): not the request's fault."""
 
 
 Served = TypeVar("Served", ServedImageModel, ServedVideoModel)
@@ -62,6 +88,10 @@ class ModelRegistry:
         with self._lock:
             return iter(list(self.models.values()))
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.models)
+
     def lease(self, pick: Callable[[], Served]) -> Served:
         """``pick()`` (a lookup raising on unknown names) with a lease taken on its result, in
         one step against swaps; the caller must ``release()`` it."""
@@ -83,15 +113,27 @@ class ModelRegistry:
 
             torch.set_num_threads(threads)
         log.info("%d inference worker(s) per image model, %d thread(s) each", workers, threads)
-        for name, path in self.settings.model_sources():
+        sources = self.settings.model_sources()
+        folder = self.settings.model_dir
+        for name, path in sources:
             try:
                 version = ModelVersion(path, file_sha256(path), time.time())
             except OSError as error:
                 raise ModelLoadError(name or path.stem) from error
-            served = self.builder.build(name, path, version, taken=self.models)
+            try:
+                served = self.builder.build(name, path, version, taken=self.models)
+            except DuplicateModelError as error:
+                in_folder = folder is not None and path.parent == folder
+                raise _duplicate(error.name, path.name if in_folder else None) from None
             with self._lock:
                 self.models[served.info.name] = served
                 self.defaults.setdefault(served.info.kind, served.info.name)
+            self.metrics.record_version(served.info.name, served.version, serving=True)
+        if not sources:
+            log.warning(
+                "the models folder is empty: nothing is served (and /readyz answers 503) "
+                "until a model file is copied into it"
+            )
 
     # ------------------------------------------------------------------ hot reload (ReloadTarget)
 
@@ -108,7 +150,10 @@ class ModelRegistry:
             self.preparer(path, self.settings)
         with self._lock:
             taken = set(self.models) - {previous}
-        served = self.builder.build(None, path, version, taken=taken)
+        try:  # a folder file is named by its file's stem, as Triton names a model by its folder
+            served = self.builder.build(path.stem, path, version, taken=taken)
+        except DuplicateModelError as error:
+            raise _duplicate(error.name, path.name) from None
         name = served.info.name
         with self._lock:
             if name in self.models and name != previous:  # taken meanwhile (another file)
@@ -120,9 +165,11 @@ class ModelRegistry:
                 self._repair_defaults({previous: name} if previous else {})
         if raced:
             served.close()
-            raise DuplicateModelError(f"two models are named {name!r}")
+            raise _duplicate(name, path.name)
         for old in replaced:
+            self.metrics.record_version(old.info.name, old.version, serving=False)
             old.retire()
+        self.metrics.record_version(name, version, serving=True)
         return name
 
     def unload(self, name: str) -> None:
@@ -131,6 +178,7 @@ class ModelRegistry:
             served = self.models.pop(name, None)
             self._repair_defaults({})
         if served is not None:
+            self.metrics.record_version(name, served.version, serving=False)
             served.retire()
 
     def _repair_defaults(self, renamed: dict[str | None, str]) -> None:
@@ -155,6 +203,8 @@ class ModelRegistry:
                 self.failures.pop(file, None)
             else:
                 self.failures[file] = failure
+        if failure is not None:
+            self.metrics.reload_failures.labels(file).inc()
 
     def served_files(self, directory: Path) -> Iterable[tuple[Path, str, ModelVersion]]:
         """(path, model name, version) of the models loaded from ``directory``: the watcher
@@ -173,6 +223,8 @@ class ModelRegistry:
         """The model called ``name`` (or the default of its kind), checked to be a ``kind``
         (``ServedImageModel`` or ``ServedVideoModel``)."""
         wanted = kind.kind
+        if not self.models:
+            raise NoModelsError("no model is loaded")
         if name is None:
             if wanted not in self.defaults:
                 raise UnknownModelError(f"no {wanted} model is loaded")
@@ -182,8 +234,11 @@ class ModelRegistry:
             known = ", ".join(sorted(self.models)) or "none"
             raise UnknownModelError(f"no model named {name!r} is loaded (loaded: {known})")
         if not isinstance(served, kind):
-            raise UnknownModelError(
-                f"model {name!r} segments {served.info.kind}s; this endpoint needs a {wanted} model"
+            endpoint = "/v1/segment/video" if served.info.kind == "video" else "/v1/segment"
+            article = "an" if wanted == "image" else "a"
+            raise WrongModelKindError(
+                f"model {name!r} segments {served.info.kind}s, and this endpoint needs "
+                f"{article} {wanted} model: send {served.info.kind}s to {endpoint}"
             )
         return served
 

@@ -3,6 +3,7 @@ built from a model file (load, warm up, measure, queue). ``registry`` holds the 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from ccnet.inference.backends import InferenceBackend, ModelInfo, load_backend
 from ccnet.inference.metadata import name_key
 from ccnet.inference.precision.select import precision_entry
 from ccnet.inference.segmenter import ClipSegmentation, ClipSegmenter, Segmenter
+from ccnet.model.files import write_json_atomic
 from ccnet.service.batching import BoundedExecutor, MicroBatcher
 from ccnet.service.core.config import Settings
 from ccnet.service.core.deadline import Deadline
@@ -40,7 +42,12 @@ log = logging.getLogger("ccnet.service.models")
 
 
 class DuplicateModelError(ValueError):
-    """Two configured models have the same name (the message holds names, never paths)."""
+    """Two configured models have the same name (the message holds names, never paths);
+    ``name`` is the name, so the caller can say how to resolve it for its kind of source."""
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"two models are named {name!r}")
+        self.name = name
 
 
 class ModelLoadError(RuntimeError):
@@ -215,10 +222,10 @@ class ModelBuilder:
         # folders on case-insensitive file systems would confuse them)
         if name_key(info.name) in {name_key(other) for other in taken}:
             backend.close()
-            raise DuplicateModelError(f"two models are named {info.name!r}; name one NAME=PATH")
+            raise DuplicateModelError(info.name)
         try:
             self._warm_up(backend)
-            activation = self._activation_per_pixel(backend)
+            activation = self._activation_per_pixel(backend, version)
         except Exception as error:
             backend.close()
             raise ModelLoadError(info.name) from error
@@ -283,14 +290,37 @@ class ModelBuilder:
         shape = (1, 3, info.window or 1, 64, 64) if info.kind == "video" else (1, 3, 64, 64)
         backend.infer(np.full(shape, 127.0, dtype=np.float32))
 
-    def _activation_per_pixel(self, backend: InferenceBackend) -> float:
+    def _activation_per_pixel(self, backend: InferenceBackend, version: ModelVersion) -> float:
         """Resident bytes one forward pass adds per input pixel, measured on a 256×256 input
         (a window of 128×128 frames for clips): the memory budget charges every request for
-        its own share of the batch it runs in (``service.costs``)."""
+        its own share of the batch it runs in (``service.costs``).
+
+        The figure must not depend on what the process did before (a hot reload into a warm
+        server measured 0): the measurement starts from a trimmed heap (``peak_growth_bytes``),
+        and the largest figure ever measured for this file's content on this backend and
+        precision is kept in ``CACHE_DIR/activation/`` and used from then on. A first start
+        measures what a cold process needs (lazily built kernels and their scratch space
+        included), and a later, warmer measurement can only raise it."""
         info = backend.info
         side = 128 if info.kind == "video" else 256
         frames = info.window or 1
         shape = (1, 3, frames, side, side) if info.kind == "video" else (1, 3, side, side)
         batch = np.full(shape, 127.0, dtype=np.float32)
         grown = peak_growth_bytes(lambda: backend.infer(batch))
-        return 0.0 if grown is None else grown / (frames * side * side)
+        measured = 0.0 if grown is None else grown / (frames * side * side)
+        precision = precision_entry(backend).get("chosen", "fp32")
+        record = (
+            self.settings.cache_dir
+            / "activation"
+            / (f"{version.sha256}-{backend.name}-{backend.device}-{precision}.json")
+        )
+        try:
+            kept = float(json.loads(record.read_text())["bytes_per_pixel"])
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = 0.0
+        if measured > kept:
+            try:
+                write_json_atomic(record, {"bytes_per_pixel": measured})
+            except OSError as error:  # a read-only cache: the figure of this start serves
+                log.warning("cannot keep the activation figure in %s: %s", record, error)
+        return max(measured, kept)

@@ -201,3 +201,89 @@ def test_make_serve_takes_a_port_and_shows_the_install_step() -> None:
     assert done.returncode == 0, done.stderr
     assert "--port 8123" in done.stdout
     assert "installing" in done.stdout and "--quiet" not in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_top_level_help_and_version_import_no_torch(flag) -> None:
+    """`ccnet --help` took ~2.5 s: registering every command imported torch (training's
+    flags). Now only the command being run is registered, and none for these two."""
+    code = (
+        "import sys, ccnet.cli\n"
+        f"try:\n    ccnet.cli.main([{flag!r}])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'numpy' in sys.modules, "
+        "'importlib.metadata' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False False", done.stdout
+
+
+def test_mistyped_flag_gets_the_subcommands_usage_and_a_suggestion(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--prot", "8000"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: ccnet serve" in err
+    assert "unrecognized arguments: --prot 8000 (did you mean --port?)" in err
+    with pytest.raises(SystemExit):
+        main(["export", "onnx", "m.pt", "-o", "d", "--outptu=mask"])
+    err = capsys.readouterr().err
+    assert "usage: ccnet export onnx" in err and "did you mean --output?" in err
+    with pytest.raises(SystemExit):
+        main(["serv"])
+    assert "unknown command 'serv' (did you mean serve?)" in capsys.readouterr().err
+
+
+def test_out_of_range_setting_is_one_line_naming_it(capsys, monkeypatch) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", "70000"])
+    assert exit_info.value.code == 2
+    assert "argument --port: '70000' is not a port number (0..65535)" in capsys.readouterr().err
+    monkeypatch.setenv("CCNET_MAX_SIDE", "2")
+    assert main(["serve", "--port", "0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ccnet serve: error: invalid setting CCNET_MAX_SIDE=2: ")
+    assert "pydantic" not in line
+
+
+def _subparsers(parser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_each_flag_means_one_thing_in_every_command() -> None:
+    """-o was --output-dir in predict and export onnx but --output in convert and export
+    triton, where --output elsewhere picks a kind of result."""
+    meanings: dict[str, set[str]] = {}
+    for path, parser in _subparsers(build_parser()):
+        for action in parser._actions:
+            flags = action.option_strings
+            if "-o" in flags:
+                assert "--out" in flags, f"ccnet {' '.join(path)}: -o is {flags}"
+            assert "--output-dir" not in flags, f"ccnet {' '.join(path)}"
+            if "--output" in flags:  # a kind of result: a choice, never a path
+                assert action.choices, f"ccnet {' '.join(path)} --output takes a path"
+            for flag in flags:
+                meanings.setdefault(flag, set()).add(action.dest)
+    assert meanings["-o"] == {"output", "output_dir", "out"}  # where results go: one flag
+
+
+def test_predict_model_name_means_its_bundled_weights(tmp_path, capsys) -> None:
+    """`--model ccnet-tiny` silently built untrained weights with Cityscapes class names."""
+    out_default, out_named = tmp_path / "a", tmp_path / "b"
+    base = ["predict", "--sample", "camera", "--output", "png", "--no-progress"]
+    assert main([*base, "-o", str(out_default), "--precision", "fp32"]) == 0
+    argv = [*base, "-o", str(out_named), "--model", "ccnet-tiny", "--precision", "fp32"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    first = np.asarray(Image.open(next(out_default.rglob("*_mask.png"))))
+    second = np.asarray(Image.open(next(out_named.rglob("*_mask.png"))))
+    np.testing.assert_array_equal(first, second)
+    assert main([*base, "-o", str(tmp_path / "c"), "--model", "ccnet-r18"]) == 2
+    err = capsys.readouterr().err
+    assert "--model ccnet-r18: no bundled weights" in err and "--untrained" in err

@@ -217,6 +217,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ccnet.training import distributed
     from ccnet.training.datasets import ClipDataset, check_split, load_split
     from ccnet.training.evaluate import build_eval_dataset, evaluate_groups
+    from ccnet.training.metrics import SCORES_ARE
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,6 +273,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         "precision": precision,
         "unit": unit,
         "samples": len(dataset),  # type: ignore[arg-type]
+        "scores_are": SCORES_ARE,
         **matrix.summary(classes),
     }
     if args.corruptions:

@@ -380,14 +380,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default_note = "" if spec.default in ("", None) else f" (default: {spec.default})"
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
         kwargs["help"] = spec.metadata["help"] + default_note
+        # -o is "where the results go" in every ccnet command (the run folder here)
+        flags = ("-o", flag) if name == "out" else (flag,)
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
         elif get_origin(hint) is Literal:
-            parser.add_argument(flag, choices=get_args(hint), **kwargs)
+            parser.add_argument(*flags, choices=get_args(hint), **kwargs)
         elif optional:
-            parser.add_argument(flag, metavar=name.upper(), **kwargs)  # coerced later
+            parser.add_argument(*flags, metavar=name.upper(), **kwargs)  # coerced later
         else:
-            parser.add_argument(flag, type=hint, metavar=name.upper(), **kwargs)
+            parser.add_argument(*flags, type=hint, metavar=name.upper(), **kwargs)
 
 
 def resolve_config(

@@ -68,6 +68,7 @@ from ccnet.training.state import (
     load_state,
     save_state,
 )
+from ccnet.training.textlog import TextLog, percent
 from ccnet.training.warmstart import load_matching_weights
 
 __all__ = ["RESUMABLE_CHANGES", "VAL_PICTURES", "train"]
@@ -103,7 +104,9 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: Pa
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool, main: bool) -> bool:
-    """Check the run folder and record the settings; True when a checkpoint is to be restored.
+    """Check the run folder; True when a checkpoint is to be restored. The settings are
+    recorded (``config.json``) only once the setup has succeeded, so a start that fails (a
+    bad data set, a bad ``--init``) leaves no run folder behind.
 
     ``--resume`` on a folder that holds the run's settings but no checkpoint yet (the run was
     killed during setup, or with SIGKILL before its first checkpoint) starts from step 0: with
@@ -125,8 +128,6 @@ def _prepare_run_dir(config: TrainConfig, resume: bool, main: bool) -> bool:
         raise ValueError(
             f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
         )
-    if main:
-        write_json_atomic(saved, config.to_dict())
     return restore
 
 
@@ -221,7 +222,17 @@ class _Trainer:
         self.committed = -1  # the step of the newest checkpoint on disk
         if restore:
             self._restore()
+        if self.main:  # the setup succeeded: now the run folder is a run
+            write_json_atomic(self.run_dir / "config.json", config.to_dict())
         self.log = ScalarLog(self.run_dir / "tb", config.tensorboard and self.main)
+        self.text = TextLog(self.run_dir / "train.log", echo=not self.show, enabled=self.main)
+        self.text.line(
+            f"{'resuming' if restore else 'training'} {self.model_config.name} on {config.data}: "
+            f"{len(self.data.train.frames)} train, "
+            f"{len(self.data.val.frames) if self.data.val is not None else 0} val images, "
+            f"{num_classes} classes; {config.iterations} steps of {config.batch_size}, "
+            f"lr {config.lr:g}, crop {config.crop_size}"
+        )
 
     # ------------------------------------------------------------------ setup
 
@@ -390,6 +401,11 @@ class _Trainer:
                 self.log.add(f"train/loss/{name}", value, step)
             self.log.add("train/lr", lr, step)
             self.log.add("train/images_per_s", throughput, step)
+            losses = ", ".join(f"{name} {value:.4f}" for name, value in terms.items())
+            self.text.line(
+                f"step {step}/{self.config.iterations}: loss {losses}; lr {lr:.3e}; "
+                f"{throughput:.1f} img/s"
+            )
 
     def _due(self, every: int) -> bool:
         """Whether this step is on an ``every``-step grid, or the last one (0: only the last)."""
@@ -439,12 +455,13 @@ class _Trainer:
                 if self.val_dataset is not None and self._due(config.val_every):
                     result = self._validate()
                     validated_at = counters.iteration
+                    line = (
+                        f"step {counters.iteration}: val mIoU {percent(result['mIoU'])}, "
+                        f"pixel accuracy {percent(result['pixel_acc'])}"
+                    )
+                    self.text.line(line)
                     if self.show:
-                        tqdm.write(
-                            f"step {counters.iteration}: val mIoU {result['mIoU']}, "
-                            f"pixel acc {result['pixel_acc']}",
-                            file=sys.stderr,
-                        )
+                        tqdm.write(line, file=sys.stderr)
                 if self._due(config.checkpoint_every):
                     self._checkpoint()
                 self._stop_on_signal(stop)
@@ -454,6 +471,12 @@ class _Trainer:
         if counters.iteration == config.iterations and self.main:
             self._save_model(self.run_dir / "final.pt")
             write_json_atomic(self.run_dir / "summary.json", summary)
+        best = counters.best_miou if counters.best_miou > -math.inf else None
+        self.text.line(
+            f"stopped at step {counters.iteration}/{config.iterations} after "
+            f"{counters.train_seconds:.0f} s of training; best val mIoU {percent(best)}"
+        )
+        self.text.close()
         self.log.close()
         distributed.barrier()
         return summary

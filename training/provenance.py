@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ccnet.training.config import TrainConfig
+from ccnet.training.metrics import SCORES_ARE
 from ccnet.training.run_state import Counters
 
 __all__ = ["data_generator", "provenance", "run_summary"]
@@ -97,5 +98,6 @@ def run_summary(
         "threads": torch.get_num_threads(),
         "val": last if last and validated_at == counters.iteration else None,
         "best_val_mIoU": counters.best_miou if counters.best_miou > -math.inf else None,
+        "scores_are": SCORES_ARE,
         "command": command,
     }

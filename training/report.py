@@ -81,19 +81,20 @@ def iou_chart(per_class: dict[str, float | None], miou: float | None, title: str
     """PNG of per-class IoU bars (absent classes marked n/a) and the mIoU line."""
     plt = _pyplot()
     names = list(per_class)
-    values = [per_class[n] if per_class[n] is not None else 0.0 for n in names]
+    # percent, as every human-facing figure of ccnet (JSON keeps fractions, labelled)
+    values = [100 * per_class[n] if per_class[n] is not None else 0.0 for n in names]
     figure, axes = plt.subplots(figsize=(max(5.0, 0.5 * len(names) + 2.0), 4.0))
     bars = axes.bar(range(len(names)), values, color="#3b75af")
     for bar, name in zip(bars, names, strict=True):
         shown = "n/a" if per_class[name] is None else f"{100 * per_class[name]:.1f}"
-        axes.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, shown,
+        axes.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1.0, shown,
                   ha="center", va="bottom", fontsize=7)  # fmt: skip
     if miou is not None:
-        axes.axhline(miou, color="#d62728", linestyle="--", label=f"mIoU {100 * miou:.1f}")
+        axes.axhline(100 * miou, color="#d62728", linestyle="--", label=f"mIoU {100 * miou:.1f} %")
         axes.legend(loc="upper right")
     axes.set_xticks(range(len(names)), [_short(n) for n in names], rotation=60, ha="right")
-    axes.set_ylim(0.0, 1.08)
-    axes.set_ylabel("IoU")
+    axes.set_ylim(0.0, 108.0)
+    axes.set_ylabel("IoU (%)")
     axes.set_title(title)
     data = _png(figure)
     plt.close(figure)

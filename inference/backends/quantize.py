@@ -13,10 +13,11 @@ scenes plus two photographs that the gate does not use for any other model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def quantize_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     # quantize_static writes calibration scratch files beside its temp dir; keep them out of
     # the cache, and write the result under a temporary name first
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch, _quiet_quantizer():
         partial = Path(scratch) / target.name
         quantize_static(
             str(source),
@@ -104,6 +105,35 @@ def quantize_int8(source: Path, target: Path, calibration: list[np.ndarray]) -> 
         os.replace(partial, target)
     log.info("quantized %s to int8 in %s (%d calibration inputs)", source, target, len(calibration))
     return target
+
+
+class _DropQuantizerAdvice(logging.Filter):
+    """onnxruntime's quantizer logs advice on the *root* logger ("Please consider to run
+    pre-processing before quantization"): the export is already shape-inferred and only its
+    convolutions are quantized, so the advice does not apply, and a root-logger line in the
+    service's output (once per process) reads like a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.WARNING
+            and "onnxruntime" in record.pathname.replace("\\", "/")
+        )
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Hold back onnxruntime's root-logger advice while quantizing. A NullHandler keeps
+    ``logging.warning`` from installing a stderr handler on the root logger (it calls
+    ``basicConfig`` when the root has none), which would echo every later log line twice."""
+    root = logging.getLogger()
+    quiet, placeholder = _DropQuantizerAdvice(), logging.NullHandler()
+    root.addFilter(quiet)
+    root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeHandler(placeholder)
+        root.removeFilter(quiet)
 
 
 def cached_int8(

@@ -14,7 +14,7 @@ from ccnet.inference.precision.gate import GateFigures
 
 __all__ = ["GATE_VERSION", "GateCache"]
 
-GATE_VERSION = 2  # bump when the gate's data or criteria change: old cached figures go
+GATE_VERSION = 3  # bump when the gate's data or criteria change: old cached figures go
 
 log = logging.getLogger("ccnet.inference.precision")
 

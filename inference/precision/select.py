@@ -78,6 +78,15 @@ def select_precision(
     figures = cache.load() if cache is not None else {}
     missing = [p for p in wanted if p not in figures]
     if missing:
+        # the first start on a machine (or after a model or library change) measures: say so,
+        # or a silent pause of several seconds looks like a hang
+        log.info(
+            "precision gate for %s: measuring fp32 against %s on this CPU (once; the figures "
+            "are cached%s)",
+            name,
+            ", ".join(missing),
+            f" in {cache.path}" if cache is not None else "",
+        )
         began = time.perf_counter()
         try:
             gate = data()

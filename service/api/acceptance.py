@@ -45,7 +45,12 @@ from ccnet.inference.video import (
 )
 from ccnet.service.admission import OverBudgetError, Reservation
 from ccnet.service.api.errors import ApiError
-from ccnet.service.api.media import IMAGE_MEDIA_TYPES, check_media_type
+from ccnet.service.api.media import (
+    IMAGE_MEDIA_TYPES,
+    check_media_type,
+    refuse_clip,
+    refuse_still_image,
+)
 from ccnet.service.api.state import AppState, app_state
 from ccnet.service.api.upload import Tenant, Upload, UploadLimits, read_upload
 from ccnet.service.batching import OverloadedError
@@ -263,6 +268,7 @@ async def accept_image(
         client_share(request, state.image_shares) as client,
         receive(request, "image", settings.max_image_bytes, client) as (work, upload),
     ):
+        refuse_clip(upload.data, upload.media_type)
         header = await work.run(probe_image, upload.data, pool=work.state.probes)
         if header is not None:  # else undecodable: decoding answers 400 at once
             check_image_size(header, settings)
@@ -351,6 +357,7 @@ async def accept_clip(
         client_share(request, state.clip_shares) as client,
         receive(request, "video", settings.max_video_bytes, client) as (work, upload),
     ):
+        refuse_still_image(upload.data, upload.media_type)
         # the queue slot first: it costs nothing to check, and a full queue refuses the clip
         # before even its header is read
         try:

@@ -9,11 +9,13 @@ is checked in the same order: API key, readiness, model lookup.
 
 from __future__ import annotations
 
+import difflib
 import secrets
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from ccnet.service.api.errors import ApiError
@@ -22,18 +24,26 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings
 from ccnet.service.core.readiness import ReadinessProblem
 from ccnet.service.metrics import ServiceMetrics
-from ccnet.service.registry import ModelRegistry, Served, UnknownModelError
+from ccnet.service.registry import (
+    ModelRegistry,
+    NoModelsError,
+    Served,
+    UnknownModelError,
+    WrongModelKindError,
+)
 from ccnet.service.served import ServedImageModel, ServedVideoModel
 
 __all__ = [
     "ApiKey",
     "ImageModelDep",
+    "KnownQuery",
     "MetricsDep",
     "RegistryDep",
     "SettingsDep",
     "StateDep",
     "readiness_error",
     "require_api_key",
+    "serving_problem",
 ]
 
 
@@ -73,9 +83,30 @@ def get_registry(state: StateDep) -> ModelRegistry:
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
+NO_MODELS = ReadinessProblem(
+    "no_models",
+    "no model is loaded (the models folder is empty, or its files failed to load: "
+    "GET /v1/models lists them)",
+    retry_after_s=10,
+)
+
+
+def serving_problem(state: AppState) -> ReadinessProblem | None:
+    """Why the service cannot answer a segmentation now: still loading, loading failed, or
+    nothing loaded at all (a models folder emptied, or every file in it failing)."""
+    problem = state.readiness.problem()
+    if problem is None and len(state.registry) == 0:
+        return NO_MODELS
+    return problem
+
+
 def _lookup(registry: ModelRegistry, name: str | None, kind: type):
     try:
         return registry.get(name, kind)
+    except NoModelsError:
+        raise readiness_error(NO_MODELS) from None
+    except WrongModelKindError as error:
+        raise ApiError(422, "wrong_model_kind", str(error)) from None
     except UnknownModelError as error:
         raise ApiError(422, "unknown_model", str(error)) from None
 
@@ -99,6 +130,35 @@ def get_video_model(registry: RegistryDep, model: ModelName = None) -> Iterator[
     """The clip model named by ``?model=`` (or the default one); 422 ``unknown_model``."""
     yield from leased(registry, lambda: _lookup(registry, model, ServedVideoModel))
 
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """422 ``unknown_parameter`` for a query parameter the route does not take (``?outptu=``
+    was ignored, and the default output answered 200): the known ones are listed."""
+    route = request.scope.get("route")
+    if route is None or not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ApiError(
+            422,
+            "unknown_parameter",
+            f"unknown query parameter {unknown[0]!r}{hint}; this route takes: "
+            + (", ".join(sorted(known)) or "none"),
+        )
+
+
+KnownQuery = Depends(refuse_unknown_query)
 
 ImageModelDep = Annotated[ServedImageModel, Depends(get_image_model)]
 VideoModelDep = Annotated[ServedVideoModel, Depends(get_video_model)]

@@ -103,6 +103,7 @@ class _FormReader:
         self.limits = limits
         self.parts = 0
         self.found: tuple[bytearray, str, str | None] | None = None
+        self.other_files: list[str] = []  # names of file parts other than ``field``
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
@@ -143,10 +144,17 @@ class _FormReader:
         if self.parser.state != MultipartState.END:
             raise _invalid("the body ends before the closing boundary")
         if self.found is None:
-            raise _MalformedError(
-                ApiError(422, "missing_field", f"the form has no file field named {self.field!r}")
-            )
+            raise _MalformedError(self._missing_field())
         return self.found
+
+    def _missing_field(self) -> ApiError:
+        got = ", ".join(repr(name) for name in self.other_files)
+        return ApiError(
+            422,
+            "missing_field",
+            f"the form has no file field named {self.field!r}"
+            + (f" (got {got}): send it as -F {self.field}=@FILE" if got else ""),
+        )
 
     # python-multipart callbacks: each does a bounded amount of work per call
     def _part_begin(self) -> None:
@@ -178,6 +186,8 @@ class _FormReader:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
+        if options.get(b"filename") is not None and name != self.field:
+            self.other_files.append(name)  # the file, sent under another field name
         if name == self.field and self.found is None:
             media_type, _ = parse_options_header(self._headers.get(b"content-type", b""))
             filename = options.get(b"filename")
@@ -196,6 +206,8 @@ class _FormReader:
             return
         self._other_bytes += end - start
         if self._other_bytes > self.limits.max_field_bytes:
+            if self.other_files:  # a file under the wrong name, not an oversized text field
+                raise _MalformedError(self._missing_field())
             raise _MalformedError(
                 ApiError(
                     413,

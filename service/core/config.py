@@ -17,7 +17,7 @@ from ccnet.inference.codecs import DEFAULT_MAX_PIXELS
 from ccnet.inference.demo import BUNDLED_MODELS
 from ccnet.inference.options import MODEL_SUFFIXES, LoadOptions
 
-__all__ = ["BUNDLED_MODELS", "Settings", "get_settings"]
+__all__ = ["BUNDLED_MODELS", "Settings", "folder_models", "get_settings"]
 
 MiB = 1 << 20
 
@@ -34,7 +34,9 @@ class Settings(BaseSettings):
         "optionally NAME=PATH; comma-separated in the environment",
     )
     model_dir: Path | None = Field(
-        None, description="also serve every .pt/.onnx/.engine file in this directory"
+        None,
+        description="a models folder: every model file in it is served, named by its file's "
+        "stem, and followed while serving (hot reload); it must exist",
     )
     model_poll_s: float = Field(
         10.0,
@@ -261,7 +263,19 @@ class Settings(BaseSettings):
         return self.load_options().parallelism(self.backend)
 
     def model_sources(self) -> list[tuple[str | None, Path]]:
-        """(name or None, path) for every model to load, bundled demos when none is named."""
+        """(name or None, path) for every model to load.
+
+        A models folder is the model set, as Triton's model repository is: each model file in
+        it is served under its file's stem (``models/mine.pt`` → ``mine``), so a file can never
+        collide with a model nobody asked for, and an empty folder serves nothing (until a
+        file is copied in). The bundled demo models are served only when neither ``models``
+        nor ``model_dir`` is set. ``models`` entries keep the model's own name unless given
+        ``NAME=PATH``.
+
+        Raises:
+            FileNotFoundError: ``model_dir`` is set but is not a folder (a typo must not
+                start a server that silently serves nothing).
+        """
         sources: list[tuple[str | None, Path]] = []
         for item in self.models:
             name, sep, path = item.partition("=")
@@ -270,12 +284,9 @@ class Settings(BaseSettings):
                 if sep
                 else (None, Path(item).expanduser())
             )
-        if self.model_dir is not None and self.model_dir.is_dir():
-            for path in sorted(self.model_dir.iterdir()):
-                # a name that is not UTF-8 cannot be shown: the watcher logs and skips it
-                if path.suffix in MODEL_SUFFIXES and path.name.isprintable() and _utf8(path):
-                    sources.append((None, path))
-        if not sources:
+        if self.model_dir is not None:
+            sources.extend((path.stem, path) for path in folder_models(self.model_dir))
+        elif not sources:
             sources = [(None, path) for path in BUNDLED_MODELS]
         return sources
 
@@ -295,6 +306,28 @@ def _utf8(path: Path) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def folder_models(directory: Path) -> list[Path]:
+    """The model files of a models folder, in name order: the model suffixes, not hidden
+    (``.mine.pt.tmp`` while a copy is renamed in, editors' swap files).
+
+    Raises:
+        FileNotFoundError: ``directory`` is not a folder.
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory}: no such models folder (create it first: mkdir -p {directory})"
+        )
+    return [
+        path
+        for path in sorted(directory.iterdir())
+        if path.suffix in MODEL_SUFFIXES
+        and not path.name.startswith(".")
+        # a name that is not UTF-8 (or not printable) cannot be shown: the watcher logs it
+        and path.name.isprintable()
+        and _utf8(path)
+    ]
 
 
 def get_settings() -> Settings:

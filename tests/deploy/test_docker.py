@@ -436,6 +436,30 @@ def test_entrypoint_dispatch(tmp_path: Path, arguments: list[str], runs: str) ->
     assert result.returncode == 0 and result.stdout.strip() == runs, result
 
 
+def test_entrypoint_serves_demos_for_an_empty_models_folder(tmp_path: Path) -> None:
+    """`ccnet serve --model-dir` serves exactly the folder (an empty one: nothing); the image
+    keeps its promise of the demo models for an empty /models by leaving the folder out."""
+    bin_dir, models = tmp_path / "bin", tmp_path / "models"
+    bin_dir.mkdir()
+    models.mkdir()
+    fake = bin_dir / "ccnet"
+    fake.write_text('#!/bin/sh\necho "dir=${CCNET_MODEL_DIR:-none}" "$@"\n')
+    fake.chmod(0o755)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CCNET_MODEL_DIR": str(models)}
+        return subprocess.run(
+            ["sh", str(DOCKER / "entrypoint.sh")], env=env, capture_output=True, text=True
+        )
+
+    (models / ".hidden.pt").write_bytes(b"")
+    empty = run()
+    assert empty.stdout.strip() == "dir=none serve", empty
+    assert "demo models" in empty.stderr
+    (models / "mine.pt").write_bytes(b"")
+    assert run().stdout.strip() == f"dir={models} serve"
+
+
 def test_dockerignore_keeps_context_small_and_sources_in() -> None:
     rules = _dockerignore()
     for heavy in (".git", ".venv", "runs", "out", "build", "data", ".pytest_cache"):

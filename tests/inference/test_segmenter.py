@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from PIL import Image
 
 from ccnet import ClipSegmenter, Segmenter
 from ccnet.inference.demo import BUNDLED_MODELS
+from tests.readme import readme_block
 from tests.service.conftest import make_client, png_bytes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -109,30 +108,31 @@ def test_clip_segmenter_matches_the_video_route(gif_clip, tmp_path) -> None:
     np.testing.assert_array_equal(result.masks, served)
 
 
-def _readme_block(marker: str) -> str:
-    """The fenced block that follows ``<!-- ci: MARKER -->`` in the README."""
-    text = README.read_text(encoding="utf-8")
-    found = re.search(rf"<!-- ci: {marker} -->\s*```\w*\n(.*?)```", text, re.S)
-    assert found, f"README has no block marked <!-- ci: {marker} -->"
-    return found.group(1)
-
-
 def test_readme_python_snippet_runs(tmp_path, monkeypatch, photographs) -> None:
-    """The README's two-line example, run as written in a folder with model.pt and photo.jpg."""
-    shutil.copy(BUNDLED_MODELS[0], tmp_path / "model.pt")
+    """The README's two-line example, run as written in a folder holding only photo.jpg: the
+    bundled demo name resolves, no model file needed."""
     Image.fromarray(photographs["astronaut"]).save(tmp_path / "photo.jpg", quality=95)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CCNET_PRECISION", "fp32")
-    snippet = _readme_block("python-api")
+    snippet = readme_block("python-api")
     assert len([line for line in snippet.splitlines() if line and not line.startswith("#")]) <= 4
     namespace: dict[str, object] = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
     result = namespace["result"]
     assert result.mask.shape == (512, 512)  # type: ignore[attr-defined]
-    expected = Segmenter.from_file(tmp_path / "model.pt", precision="fp32")(tmp_path / "photo.jpg")
-    expected = expected.mask
-    np.testing.assert_array_equal(result.mask, expected)  # type: ignore[attr-defined]
+    expected = Segmenter.from_file(BUNDLED_MODELS[0], precision="fp32")(tmp_path / "photo.jpg")
+    np.testing.assert_array_equal(result.mask, expected.mask)  # type: ignore[attr-defined]
     assert json.dumps(result.class_fractions())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("missing", ["model.pt", "ccnet-tinyy", "runs/x/best.onnx"])
+def test_missing_model_file_is_file_not_found(tmp_path, monkeypatch, missing) -> None:
+    """A name that is neither a file nor a bundled demo: FileNotFoundError naming it (and the
+    bundled names), never a ValueError about its format."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as missing_error:
+        Segmenter.from_file(missing)
+    assert missing in str(missing_error.value) and "ccnet-tiny" in str(missing_error.value)
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_models_lists_both_demo_models(client) -> None:
 
 
 def test_png_mask_has_input_size_palette_and_headers(client, small_rgb) -> None:
-    response = _post_image(client, png_bytes(small_rgb), headers=None)
+    response = _post_image(client, png_bytes(small_rgb))
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-model"] == "ccnet-tiny"
@@ -255,7 +255,7 @@ def test_form_without_image_field(client, small_rgb) -> None:
         ({"format": "tiff"}, "validation_error"),
         ({"rle": "maybe"}, "validation_error"),
         ({"model": "nope"}, "unknown_model"),
-        ({"model": "ccnet3d-tiny"}, "unknown_model"),
+        ({"model": "ccnet3d-tiny"}, "wrong_model_kind"),
         ({"model": "../../etc/passwd"}, "unknown_model"),
     ],
     ids=str,
@@ -339,7 +339,7 @@ def test_bad_clips(client, gif_clip, small_rgb) -> None:
     _error(_post_clip(client, b"not a video at all", "video/mp4"), 400, "invalid_video")
     _error(_post_clip(client, b"", "video/mp4"), 400, "empty_upload")
     _error(_post_clip(client, b"hello", "text/plain"), 415, "unsupported_media_type")
-    _error(_post_clip(client, gif_clip, model="ccnet-tiny"), 422, "unknown_model")
+    _error(_post_clip(client, gif_clip, model="ccnet-tiny"), 422, "wrong_model_kind")
     _error(_post_clip(client, gif_clip, output="png"), 422, "validation_error")
     with make_client(max_frames=10) as limited:
         _error(_post_clip(limited, gif_clip), 413, "video_too_large")

@@ -53,6 +53,7 @@ def test_evaluate_prints_json(trained, capsys, mode: str) -> None:
     assert result["pixels"] == 2 * 32 * 32
     assert list(result["per_class_iou"]) == list(CLASSES)
     assert 0.0 <= result["pixel_acc"] <= 1.0
+    assert result["scores_are"].startswith("fractions of 1")  # labelled: JSON keeps fractions
 
 
 def test_evaluate_table(trained, capsys) -> None:
@@ -125,3 +126,33 @@ def test_train_export_writes_a_checked_onnx_beside_best_pt(tmp_path, capsys) -> 
     sidecar = json.loads((run / "model.json").read_text())
     assert summary["export"]["onnx"] == str(run / "model.onnx") and (run / "model.onnx").is_file()
     assert sidecar["parity"]["passed"] and sidecar["parity"]["cases"]
+
+
+def test_run_folder_has_a_text_log_also_on_stderr_without_the_bar(tmp_path, capsys) -> None:
+    """`--no-progress` printed nothing and the run folder had no text log."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["synth", str(data), "--n", "4", "--val", "2", "--size", "32", "--seed", "2"]) == 0
+    capsys.readouterr()
+    flags = [*TRAIN_FLAGS, "--val-every", "3", "--log-every", "1"]
+    assert main(["train", "--data", str(data), "--out", str(run), *flags]) == 0
+    log = (run / "train.log").read_text().splitlines()
+    assert "training ccnet-tiny on" in log[0] and "3 steps" in log[0]
+    steps = [line for line in log if "loss main" in line and "total" in line and "; lr " in line]
+    assert len(steps) == 3, log
+    (val,) = [line for line in log if ": val mIoU" in line]
+    assert val.rstrip().endswith("%"), val  # percent, as every human-facing line
+    assert "best val mIoU" in log[-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["scores_are"].startswith("fractions of 1")
+    err = capsys.readouterr().err
+    assert all(line.split(" ", 2)[2] in err for line in log)  # the same lines, no bar
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path, capsys) -> None:
+    """A start that fails (here: no data) left config.json behind."""
+    data, run = tmp_path / "empty", tmp_path / "run"
+    (data / "train" / "images").mkdir(parents=True)
+    (data / "train" / "masks").mkdir(parents=True)
+    assert main(["train", "--data", str(data), "--out", str(run), *TRAIN_FLAGS]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (run / "config.json").exists()

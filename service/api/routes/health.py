@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from ccnet.service.api.deps import ApiKey, StateDep, readiness_error
+from ccnet.service.api.deps import ApiKey, StateDep, readiness_error, serving_problem
 from ccnet.service.api.errors import error_response
 from ccnet.service.metrics import CONTENT_TYPE
 from ccnet.service.schemas import Health
@@ -39,8 +39,9 @@ def healthz(state: StateDep) -> Response | dict[str, str]:
     responses={503: {"description": "still loading, or loading failed"}},
 )
 def readyz(state: StateDep) -> Response | dict[str, str]:
-    """200 once every model is loaded and warmed up; 503 before (and after a failed load)."""
-    problem = state.readiness.problem()
+    """200 once every model is loaded and warmed up; 503 before, after a failed load, and
+    while no model is loaded at all (an empty models folder: every request would fail)."""
+    problem = serving_problem(state)
     if problem is not None:
         error = readiness_error(problem)
         return error_response(error.status, error.code, error.message, error.headers)

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, Request, Response
 
 from ccnet.inference.render import ImageOutput, OverlayFormat, RenderOptions, render_image
 from ccnet.service.api.acceptance import accept_image
-from ccnet.service.api.deps import ApiKey, ImageModelDep
+from ccnet.service.api.deps import ApiKey, ImageModelDep, KnownQuery
 from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
 from ccnet.service.schemas import ImageSegmentation
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["segmentation"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1", tags=["segmentation"], dependencies=[ApiKey, KnownQuery])
 
 _IMAGE_BODY = upload_body("image", ("image/png", "image/jpeg"))
 

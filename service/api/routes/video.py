@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, Request, Response
 
 from ccnet.inference.render import ClipOutput, ClipOverlayFormat, RenderOptions, render_clip
 from ccnet.service.api.acceptance import accept_clip
-from ccnet.service.api.deps import ApiKey, VideoModelDep
+from ccnet.service.api.deps import ApiKey, KnownQuery, VideoModelDep
 from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
 from ccnet.service.schemas import ClipSegmentation as ClipSegmentationSchema
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["segmentation"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1", tags=["segmentation"], dependencies=[ApiKey, KnownQuery])
 
 _VIDEO_BODY = upload_body("video", ("video/mp4", "image/gif"))
 
