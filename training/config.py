@@ -160,6 +160,14 @@ class TrainConfig:
     clip_stride: int = field(
         default=1, metadata=_help("frames between the starts of training clips")
     )
+    attention_gamma_init: float | None = field(
+        default=None,
+        metadata=_help(
+            "start the criss-cross attention's gamma here (after --init): at 0, as a 2D model "
+            "leaves it, its queries and keys get no gradient and a 3D model's time line can "
+            "stay idle for thousands of steps (default: keep the initial value)"
+        ),
+    )
     frame_drop: float = field(
         default=0.0,
         metadata=_help(
