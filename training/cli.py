@@ -110,6 +110,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--size", type=_positive_int, default=128, help="image side, pixels")
     synth.add_argument("--frames", type=_positive_int, default=8, help="frames per clip")
     synth.add_argument(
+        "--hold-out",
+        default="",
+        metavar="KINDS",
+        help="comma-separated corruption kinds (occlusion, noise, blur) left out of the train "
+        "clips; val keeps them all, to test that CCNet3D borrows from neighbouring frames",
+    )
+    synth.add_argument(
         "--overwrite", action="store_true", help="replace an earlier `ccnet synth` output in OUT"
     )
     synth.set_defaults(handler=_cmd_synth)
@@ -354,5 +361,6 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         frames=args.frames,
         overwrite=args.overwrite,
         progress=True,
+        hold_out=tuple(k for k in args.hold_out.split(",") if k),
     )
     print(json.dumps({"out": str(args.out), "kind": args.kind, "seed": args.seed, **counts}))

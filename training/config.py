@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from ccnet.model.zoo import Normalization, get_recipe
 from ccnet.training.datasets import ClipDataset, FrameDataset, SplitIndex
 from ccnet.training.datasets.index import Layout
+from ccnet.training.frame_drop import FrameDrop
 from ccnet.training.losses import CategoryConsistentLoss, SegmentationLoss
 from ccnet.training.sampler import SeededBatchSampler
 from ccnet.training.transforms import TrainTransform
@@ -159,6 +160,21 @@ class TrainConfig:
     clip_stride: int = field(
         default=1, metadata=_help("frames between the starts of training clips")
     )
+    attention_gamma_init: float | None = field(
+        default=None,
+        metadata=_help(
+            "start the criss-cross attention's gamma here (after --init): at 0, as a 2D model "
+            "leaves it, its queries and keys get no gradient and a 3D model's time line can "
+            "stay idle for thousands of steps (default: keep the initial value)"
+        ),
+    )
+    frame_drop: float = field(
+        default=0.0,
+        metadata=_help(
+            "chance that a frame of a training clip is replaced by one with no information "
+            "(flat or scrambled), its mask kept, so CCNet3D must read its neighbours (0: off)"
+        ),
+    )
     # execution
     amp: bool = field(
         default=True, metadata=_help("mixed precision: bfloat16 on CPU, float16 on CUDA")
@@ -214,6 +230,8 @@ class TrainConfig:
             )
         if not 0 < self.warmup_factor <= 1:
             raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if not 0 <= self.frame_drop < 1:
+            raise ValueError(f"frame_drop must be in [0, 1), got {self.frame_drop}")
         if self.clip_length is not None and self.clip_length < 1:
             raise ValueError(f"clip_length must be >= 1, got {self.clip_length}")
         if self.threads is not None and self.threads < 1:
@@ -241,6 +259,8 @@ class TrainConfig:
         """Training samples: frames, or windows of ``clip_length`` frames for a video model."""
         transform = self.train_transform(normalization)
         if clip_length is not None:
+            if self.frame_drop > 0:
+                transform = FrameDrop(transform, self.frame_drop)
             return ClipDataset(index, clip_length, transform, self.clip_stride)
         return FrameDataset(index, transform)
 

@@ -247,6 +247,10 @@ class _Trainer:
             if skipped:
                 shown = ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else "")
                 report += f", kept {len(skipped)} fresh ({shown})"
+        if config.attention_gamma_init is not None:
+            with torch.no_grad():  # a resumed run restores its own gamma after this
+                network.head.cca.gamma.fill_(config.attention_gamma_init)
+            report += f"; attention gamma set to {config.attention_gamma_init:g}"
         network.to(self.ctx.device)
         if self.ctx.distributed and self.ctx.device.type == "cuda" and config.sync_bn:
             network = nn.SyncBatchNorm.convert_sync_batchnorm(network)

@@ -88,6 +88,7 @@ def generate(
     frames: int = 8,
     overwrite: bool = False,
     progress: bool = True,
+    hold_out: tuple[str, ...] = (),
 ) -> dict[str, int]:
     """Write a synthetic data set in the plain-folder (or clip-folder) layout.
 
@@ -105,6 +106,9 @@ def generate(
         frames: frames per clip (clips only).
         overwrite: replace an earlier ``ccnet synth`` output in ``out``.
         progress: show a progress bar.
+        hold_out: corruption kinds left out of the *train* split's clips (val keeps every
+            kind): a model that scores well on a held-out kind borrows from neighbouring frames
+            instead of having learnt that corruption. Recorded in ``classes.json``.
 
     Returns:
         Number of samples written per split.
@@ -113,6 +117,14 @@ def generate(
         raise ValueError(f"kind must be 'images' or 'clips', got {kind!r}")
     if n < 1 or size < 32 or frames < 1:
         raise ValueError(f"need n >= 1, size >= 32, frames >= 1; got {n}, {size}, {frames}")
+    unknown = sorted(set(hold_out) - set(CORRUPTIONS))
+    if unknown:
+        raise ValueError(f"unknown corruption kind(s) {unknown}; choose from {CORRUPTIONS}")
+    train_kinds = tuple(k for k in CORRUPTIONS if k not in hold_out)
+    if not train_kinds:
+        raise ValueError(f"hold_out leaves no corruption kind for training: {hold_out}")
+    if hold_out and kind != "clips":
+        raise ValueError("hold_out applies to clips only (images have no corrupted frames)")
     counts = {"train": n, "val": max(1, n // 8) if n_val is None else n_val}
     if counts["val"] < 0:
         raise ValueError(f"n_val must be >= 0, got {n_val}")
@@ -131,6 +143,7 @@ def generate(
                 "size": size,
                 "frames": frames if kind == "clips" else 1,
                 "counts": counts,
+                **({"held_out": sorted(hold_out)} if hold_out else {}),
             },
         },
     )
@@ -144,7 +157,8 @@ def generate(
                     write_bytes_atomic(root / split / "images" / f"{index:06d}.png", _png(image))
                     write_bytes_atomic(root / split / "masks" / f"{index:06d}.png", _png(mask))
                 else:
-                    images, masks, corrupted = render_clip(rng, size, frames)
+                    kinds = train_kinds if split == "train" else CORRUPTIONS
+                    images, masks, corrupted = render_clip(rng, size, frames, kinds)
                     clip = root / split / f"clip_{index:04d}"
                     for frame, (image, mask) in enumerate(zip(images, masks, strict=True)):
                         write_bytes_atomic(clip / "images" / f"{frame:03d}.png", _png(image))

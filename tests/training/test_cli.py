@@ -114,6 +114,13 @@ def test_synth_refuses_a_non_empty_folder(tmp_path, capsys) -> None:
     assert "not empty" in capsys.readouterr().err
 
 
+def test_synth_hold_out_names_an_unknown_kind(tmp_path, capsys) -> None:
+    args = ["synth", str(tmp_path / "c"), "--kind", "clips", "--n", "1", "--size", "32"]
+    assert main([*args, "--hold-out", "fog"]) == 2
+    assert "unknown corruption kind(s) ['fog']" in capsys.readouterr().err
+    assert main([*args, "--hold-out", "blur,noise", "--frames", "4"]) == 0
+
+
 def test_train_export_writes_a_checked_onnx_beside_best_pt(tmp_path, capsys) -> None:
     pytest.importorskip("onnxruntime")
     data, run = tmp_path / "data", tmp_path / "run"

@@ -143,6 +143,33 @@ def test_ccnet3d_trains_on_clips_initialised_from_a_2d_checkpoint(scenes, clips,
     assert source.head.cca.query_conv.weight.shape[-2:] == (1, 1)
 
 
+def test_the_3d_recipe_flags_start_gamma_and_drop_frames(scenes, clips, tmp_path) -> None:
+    train(_config(scenes, tmp_path / "2d", iterations=1, cc_loss=False), command="test")
+    source, _ = load_checkpoint(tmp_path / "2d" / "final.pt")
+    assert float(source.head.cca.gamma.detach()) != 0.7
+    settings = {"attention_gamma_init": 0.7, "frame_drop": 0.3}
+    train(
+        _config(
+            clips,
+            tmp_path / "3d",
+            model="ccnet3d-tiny",
+            init=str(tmp_path / "2d" / "final.pt"),
+            clip_length=3,
+            iterations=1,
+            lr=0.0,  # no step moves gamma: what is saved is where it started
+            cc_loss=False,
+            **settings,
+        ),
+        command="test",
+    )
+    model, meta = load_checkpoint(tmp_path / "3d" / "final.pt")
+    assert float(model.head.cca.gamma.detach()) == pytest.approx(0.7)
+    recorded = meta["provenance"]["train_config"]
+    assert {k: recorded[k] for k in settings} == settings
+    with pytest.raises(ValueError, match="frame_drop"):
+        _config(clips, tmp_path / "x", frame_drop=1.0)
+
+
 # --------------------------------------------------------------------------- kill-safe runs
 
 ROOT = Path(__file__).resolve().parents[2]

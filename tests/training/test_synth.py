@@ -78,3 +78,48 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not written by `ccnet synth`"):
         generate(other, "images", 1, seed=0, size=32, overwrite=True, progress=False)
+
+
+def test_held_out_kind_is_absent_from_train_and_present_in_val(tmp_path: Path) -> None:
+    generate(
+        tmp_path / "h",
+        "clips",
+        12,
+        n_val=12,
+        seed=0,
+        size=32,
+        frames=6,
+        progress=False,
+        hold_out=("blur",),
+    )
+    generate(tmp_path / "a", "clips", 12, n_val=12, seed=0, size=32, frames=6, progress=False)
+
+    def kinds(root: Path, split: str) -> set[str]:
+        return {
+            kind
+            for path in (root / split).glob("clip_*/corruptions.json")
+            for kind in json.loads(path.read_text()).values()
+        }
+
+    assert "blur" not in kinds(tmp_path / "h", "train")
+    assert kinds(tmp_path / "h", "train") == {"occlusion", "noise"}
+    assert "blur" in kinds(tmp_path / "h", "val")
+    held, full = _files(tmp_path / "h"), _files(tmp_path / "a")
+    # val is the same data set whether or not train holds a kind out
+    assert {k: v for k, v in held.items() if k.startswith("val")} == {
+        k: v for k, v in full.items() if k.startswith("val")
+    }
+    generator = json.loads((tmp_path / "h" / "classes.json").read_text())["generator"]
+    assert generator["held_out"] == ["blur"]
+    assert "held_out" not in json.loads((tmp_path / "a" / "classes.json").read_text())["generator"]
+
+
+def test_hold_out_rejects_unknown_or_all_kinds(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown corruption kind"):
+        generate(tmp_path / "x", "clips", 1, size=32, progress=False, hold_out=("fog",))
+    with pytest.raises(ValueError, match="no corruption kind"):
+        generate(tmp_path / "y", "clips", 1, size=32, progress=False, hold_out=CORRUPTIONS)
+    with pytest.raises(ValueError, match="clips only"):
+        generate(tmp_path / "z", "images", 1, size=32, progress=False, hold_out=("blur",))
+    with pytest.raises(ValueError, match="non-empty subset"):
+        render_clip(np.random.default_rng(0), size=32, frames=4, corruptions=("fog",))

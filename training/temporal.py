@@ -1,0 +1,120 @@
+"""Scoring a model on clips the way a video user sees it: per frame kind, and how much it flickers.
+
+Two figures decide whether CCNet3D earns its place over a 2D model run frame by frame:
+
+* mIoU per frame group (``all``, ``clean``, ``corrupted`` and each corruption kind), from one
+  confusion matrix per group (``training.synth.corruption_groups``);
+* temporal stability: the share of pixels whose predicted label changes between consecutive
+  frames of a clip *where the truth does not change* (both frames labelled, same class). A
+  model that reads each frame alone flickers wherever one frame is hard; lower is better.
+
+A 2D model scores every frame alone; a CCNet3D scores windows that cover each frame once
+(``training.evaluate.predictions``), so consecutive frames may come from different windows,
+as they do in the service.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ccnet.model import CCNet
+from ccnet.training.datasets import SplitIndex
+from ccnet.training.datasets.index import IGNORE_INDEX
+from ccnet.training.evaluate import InferenceSettings, build_eval_dataset, predictions
+from ccnet.training.metrics import ConfusionMatrix
+
+__all__ = ["FLICKER_GROUPS", "ClipScores", "LabelFlicker", "score_clips"]
+
+FLICKER_GROUPS: tuple[str, ...] = ("all", "clean", "corrupted")
+"""Frame pairs: every consecutive pair, pairs of two clean frames, pairs with a corrupted one."""
+
+
+@dataclass
+class LabelFlicker:
+    """Counts label changes between consecutive frames where the truth stays the same."""
+
+    changed: int = 0
+    stable: int = 0
+
+    def update(self, before: Tensor, after: Tensor, truth_before: Tensor, truth: Tensor) -> None:
+        """Add one pair of consecutive frames: predictions and truths, each ``(H, W)``."""
+        same = (truth_before == truth) & (truth != IGNORE_INDEX)
+        self.stable += int(same.sum())
+        self.changed += int((same & (before != after)).sum())
+
+    @property
+    def rate(self) -> float | None:
+        """Changed / stable pixels (None before any stable pixel)."""
+        return self.changed / self.stable if self.stable else None
+
+
+@dataclass
+class ClipScores:
+    """What ``score_clips`` measured on one split."""
+
+    matrices: dict[str, ConfusionMatrix]
+    frames: dict[str, int]
+    flicker: dict[str, LabelFlicker] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers: mIoU and frame count per group, flicker rate per pair group."""
+        return {
+            "mIoU": {g: m.summary()["mIoU"] for g, m in self.matrices.items()},
+            "frames": dict(self.frames),
+            "flicker": {g: f.rate for g, f in self.flicker.items()},
+            "stable_pixels": {g: f.stable for g, f in self.flicker.items()},
+        }
+
+
+def score_clips(
+    model: CCNet,
+    index: SplitIndex,
+    groups: Sequence[str],
+    groups_of: Callable[[int], Sequence[str]],
+    *,
+    clip_length: int | None = None,
+    settings: InferenceSettings | None = None,
+    progress: bool = True,
+) -> ClipScores:
+    """mIoU per frame group and label flicker per pair group of ``model`` on a clip split.
+
+    Args:
+        model: a CCNet (scored frame by frame) or CCNet3D (scored in windows).
+        index: a clip split.
+        groups: the frame groups to report, e.g. ``training.synth.CORRUPTION_GROUPS``.
+        groups_of: a frame's groups (``all`` first, ``clean`` or ``corrupted``, the kind).
+        clip_length: CCNet3D window length (default: the model's); 1 scores frames alone.
+        settings: how to turn a frame into scores (default: whole frames).
+        progress: show a progress bar.
+    """
+    if index.clips is None:
+        raise ValueError(f"{index.root}: not a clip data set (temporal scores need clips)")
+    dataset = build_eval_dataset(index, model, clip_length)
+    matrices = {g: ConfusionMatrix(index.num_classes) for g in groups}
+    frames = dict.fromkeys(groups, 0)
+    labels: dict[int, Tensor] = {}
+    truths: dict[int, Tensor] = {}
+    with torch.no_grad():
+        for predicted in predictions(
+            model, dataset, settings or InferenceSettings(), progress=progress
+        ):
+            for n, frame in enumerate(predicted.frames):
+                for group in groups_of(frame):
+                    if group in matrices:
+                        matrices[group].update(predicted.labels[n], predicted.target[n])
+                        frames[group] += 1
+                labels[frame] = predicted.labels[n].to(torch.uint8).cpu()
+                truths[frame] = predicted.target[n].to(torch.uint8).cpu()
+    flicker = {g: LabelFlicker() for g in FLICKER_GROUPS}
+    for clip in index.clips:
+        for a, b in itertools.pairwise(clip):
+            clean = "clean" in groups_of(a) and "clean" in groups_of(b)
+            for group in ("all", "clean" if clean else "corrupted"):
+                flicker[group].update(labels[a], labels[b], truths[a], truths[b])
+    return ClipScores(matrices, frames, flicker)
