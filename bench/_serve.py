@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx2
 
-__all__ = ["ROOT", "ServerError", "free_port", "serve_process"]
+__all__ = ["ROOT", "ServerError", "free_port", "serve_process", "stop_process_group"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +84,18 @@ def serve_process(
 
 def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20) -> None:
+    """Stop a process started in a session of its own and everything in its group (a Ray head
+    with its GCS, raylet and workers): SIGTERM, then SIGKILL if it has not gone in ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

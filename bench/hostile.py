@@ -186,16 +186,26 @@ def _raw_request(port: int, head: bytes, body: bytes, timeout: float = 30) -> tu
     return status, elapsed
 
 
-def attack_parts(server: Server) -> tuple[str, str, str]:
-    body = b"--x\r\n\r\n\r\n" * 2_300_000 + b"--x--\r\n"  # ~20.9 MB, 2.3 M empty parts
-    rid = f"hostile-parts-{time.monotonic_ns()}"
+def _post_raw(
+    server: Server, path: str, content_type: str, body: bytes, tag: str
+) -> tuple[int, float, float]:
+    """POST ``body`` over a raw socket with a request id of its own: (status, the server's
+    own time for it from its log, ms until the client saw the status line)."""
+    rid = f"hostile-{tag}-{time.monotonic_ns()}"
     head = (
-        f"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x"
-        f"\r\nX-Request-Id: {rid}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"X-Request-Id: {rid}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     status, ms = _raw_request(server.port, head, body)
-    time.sleep(0.3)
-    server_ms = _server_ms(server.log, {rid}).get(rid, float("nan"))
+    time.sleep(0.3)  # the access log line is written after the answer
+    return status, _server_ms(server.log, {rid}).get(rid, float("nan")), ms
+
+
+def attack_parts(server: Server) -> tuple[str, str, str]:
+    body = b"--x\r\n\r\n\r\n" * 2_300_000 + b"--x--\r\n"  # ~20.9 MB, 2.3 M empty parts
+    status, server_ms, ms = _post_raw(
+        server, "/v1/segment", "multipart/form-data; boundary=x", body, "parts"
+    )
     return (
         f"{status}",
         f"server {server_ms:.0f} ms, client {ms:.0f} ms",
@@ -426,14 +436,7 @@ def attack_v2_json(server: Server) -> tuple[str, str, str]:
         + b"1," * (values - 1)
         + b"1]}]}"
     )
-    rid = f"hostile-v2-json-{time.monotonic_ns()}"
-    head = (
-        f"POST {_INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"X-Request-Id: {rid}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    status, ms = _raw_request(server.port, head, body)
-    time.sleep(0.3)
-    server_ms = _server_ms(server.log, {rid}).get(rid, float("nan"))
+    status, server_ms, ms = _post_raw(server, _INFER, "application/json", body, "v2-json")
     return (
         f"{status}",
         f"server {server_ms:.0f} ms, client {ms:.0f} ms",

@@ -20,7 +20,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench._measure import format_table
+from bench._serve import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 _STARTUP = """
@@ -157,19 +157,6 @@ def _ray_start(env: dict[str, str], *flags: str) -> subprocess.Popen:
     )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _wait_for_nodes(env: dict[str, str], address: str, count: int, timeout: float = 120) -> None:
     probe = (
         "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
@@ -271,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for process in (node, head):
             if process is not None:
-                _stop(process)
+                stop_process_group(process)
 
     plain = _masks(work / "plain")
     assert len(plain) == n, (len(plain), n)

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench._serve import stop_process_group
 from ccnet.cli import main
 from ccnet.inference.demo import BUNDLED_MODELS
 from ccnet.model.files import file_sha256
@@ -267,22 +267,7 @@ def test_address_joins_a_ray_start_head_cluster(workspace: Path) -> None:
             plain = workspace / "plain" / image.relative_to(workspace).parent / mask
             assert (workspace / "cluster" / mask).read_bytes() == plain.read_bytes()
     finally:
-        _stop_group(head)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """Stop a process started in its own session and everything in its group (the Ray head,
-    its GCS, raylet and workers); a hard kill if it has not drained in 20 s."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        stop_process_group(head)
 
 
 def test_ray_flags_need_the_ray_engine(workspace: Path, capsys, monkeypatch) -> None:
