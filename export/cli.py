@@ -187,7 +187,9 @@ def _register_stream(targets: argparse._SubParsersAction) -> None:
         "the served model.onnx).",
     )
     stream.add_argument("checkpoint", metavar="CKPT", help="a CCNet3D checkpoint")
-    stream.add_argument("-o", "--output-dir", required=True, metavar="DIR", help="output directory")
+    stream.add_argument(
+        "-o", "--out", dest="output_dir", required=True, metavar="DIR", help="output directory"
+    )
     stream.set_defaults(handler=_cmd_stream)
 
 

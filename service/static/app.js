@@ -429,12 +429,15 @@ async function segmentClip(run, file, model) {
   };
   const path = (params) => `/v1/segment/video?${query({ model: model.name, ...params })}`;
   const signal = run.controller.signal;
-  const [data, overlay] = await Promise.all([
-    api(path({ output: "json" }), { method: "POST", body: form(), signal }).then((r) => r.json()),
-    api(path({ output: "overlay", format: "gif", alpha }), { method: "POST", body: form(), signal }).then(
-      (r) => r.blob(),
-    ),
-  ]);
+  // one after the other: the server runs at most one clip per client at a time (fair queues)
+  const data = await api(path({ output: "json" }), { method: "POST", body: form(), signal }).then((r) =>
+    r.json(),
+  );
+  const overlay = await api(path({ output: "overlay", format: "gif", alpha }), {
+    method: "POST",
+    body: form(),
+    signal,
+  }).then((r) => r.blob());
   if (!isCurrent(run)) return "";
 
   releaseUrls();

@@ -275,7 +275,7 @@ def test_a_session_keeps_its_model_version_across_a_hot_reload(tmp_path, frames)
     NAME = "ccnet3d-tiny"
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copy(ASSETS / "ccnet3d-tiny.pt", models / "clip.pt")
+    shutil.copy(ASSETS / "ccnet3d-tiny.pt", models / "ccnet3d-tiny.pt")
     with make_client(model_dir=models, model_poll_s=3600) as client:
         registry = app_state(client.app).registry
         old = registry.get(NAME, ServedVideoModel)
@@ -288,11 +288,11 @@ def test_a_session_keeps_its_model_version_across_a_hot_reload(tmp_path, frames)
             assert ws.receive_json()["frame"] == 0
             ws.receive_bytes()
 
-            checkpoint = torch.load(models / "clip.pt", weights_only=False)
+            checkpoint = torch.load(models / "ccnet3d-tiny.pt", weights_only=False)
             checkpoint["note"] = "version 2"  # same weights, another file
             torch.save(checkpoint, tmp_path / "next.pt")
-            shutil.move(tmp_path / "next.pt", models / "clip.pt")
-            path = models / "clip.pt"
+            shutil.move(tmp_path / "next.pt", models / "ccnet3d-tiny.pt")
+            path = models / "ccnet3d-tiny.pt"
             version = ModelVersion(path, file_sha256(path), time.time())
             assert registry.replace_from_file(path, version, NAME) == NAME
             assert registry.get(NAME, ServedVideoModel) is not old
