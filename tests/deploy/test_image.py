@@ -269,11 +269,12 @@ def test_sigterm_finishes_accepted_requests_then_exits_0(container: Container) -
     host, port = container.url.removeprefix("http://").rsplit(":", 1)
     _, png = _photo()
     clip = _clip()
-    # enough work that some of it is still running when the signal comes (two clips take
-    # seconds on a CPU; the images queue behind each other), within the queues' limits
+    # enough work that some of it is still running when the signal comes (a clip takes
+    # seconds on a CPU; the images queue behind each other), within the queues' limits and
+    # one client's share of them (one clip at a time per client: service.tenancy)
     video = ("/v1/segment/video", _multipart("video", clip.name, clip.read_bytes(), "image/gif"))
-    uploads = [video, video]
-    uploads += [("/v1/segment", _multipart("image", "astronaut.png", png, "image/png"))] * 12
+    uploads = [video]
+    uploads += [("/v1/segment", _multipart("image", "astronaut.png", png, "image/png"))] * 14
     connections = []
     for path, (body, media_type) in uploads:
         connection = http.client.HTTPConnection(host, int(port), timeout=120)
