@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ccnet import model as _model  # light: its names load on first use
 from ccnet._lazy import lazy_exports
 
 if TYPE_CHECKING:
@@ -38,29 +39,13 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
 
-# public name -> the module that defines it
+# public name -> the module that defines it (the model's names from its own table)
 _EXPORTS = {
     **dict.fromkeys(
         ("ClipSegmentation", "ClipSegmenter", "Segmentation", "Segmenter"),
         "ccnet.inference.segmenter",
     ),
-    **dict.fromkeys(
-        (
-            "CCNet",
-            "CCNet3D",
-            "CCNet3D",
-            "ModelConfig",
-            "Normalization",
-            "build_model",
-            "convert_checkpoint",
-            "get_config",
-            "list_models",
-            "load_checkpoint",
-            "resize_logits",
-            "save_checkpoint",
-        ),
-        "ccnet.model",
-    ),
+    **dict.fromkeys(_model.__all__, "ccnet.model"),
 }
 
 __all__ = [

@@ -239,7 +239,7 @@ class _VersionAction(argparse.Action):
 
 
 def _version() -> str:
-    from ccnet.service.core.version import package_version  # metadata only, no app
+    from ccnet._version import package_version  # metadata only: no app, no torch
 
     return package_version()
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from ccnet._version import package_version
 from ccnet.service.api.errors import install_error_handlers
 from ccnet.service.api.middleware import RequestContextMiddleware
 from ccnet.service.api.routes import (
@@ -34,7 +35,6 @@ from ccnet.service.api.state import AppState, app_state
 from ccnet.service.core.config import Settings, get_settings
 from ccnet.service.core.logging import configure_logging
 from ccnet.service.core.memory import pin_malloc_thresholds
-from ccnet.service.core.version import package_version
 from ccnet.service.registry import Preparer
 from ccnet.service.reload import ModelWatcher
 from ccnet.service.served import DuplicateModelError, ModelLoadError

@@ -17,9 +17,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ccnet._version import package_version
 from ccnet.inference.precision.capabilities import detect_cpu
 from ccnet.inference.precision.select import precision_entry
-from ccnet.service.core.version import package_version
 
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
