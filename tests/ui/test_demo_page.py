@@ -76,21 +76,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    """Debian's chromium, headless; the test skips when it is not installed."""
+def launch_chromium(*flags: str) -> Iterator[object]:
+    """Debian's chromium, headless, with ``flags`` besides (the browser fixtures' body); skips
+    the test when it is not installed. Playwright never downloads a browser here."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless=new"]
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless=new", *flags]
         )
         try:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's chromium, headless; the test skips when it is not installed."""
+    yield from launch_chromium()
 
 
 def _save_png(path: Path, rgb: object) -> Path:

@@ -7,14 +7,18 @@ picture and ``--use-fake-ui-for-media-stream`` grants the permission; the page s
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .test_demo_page import ARTIFACTS, CHROMIUM, UI_TIMEOUT_MS, server  # noqa: F401
+from .test_demo_page import (  # noqa: F401
+    ARTIFACTS,
+    UI_TIMEOUT_MS,
+    launch_chromium,
+    server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,24 +26,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def camera_browser() -> Iterator[object]:
     """Debian's chromium, headless, with the fake camera; skips when it is not installed."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--headless=new",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-            ],
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    yield from launch_chromium(
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"
+    )
 
 
 def test_live_mode_streams_the_camera_and_draws_masks(
