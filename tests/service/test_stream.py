@@ -299,6 +299,8 @@ def test_a_session_keeps_its_model_version_across_a_hot_reload(tmp_path, frames)
 
             with client.websocket_connect(URL) as other:
                 assert other.receive_json()["version"]["sha256"] == version.sha256 != first
+                other.send_json({"type": "end"})  # ended as a client should, not dropped
+                assert _until_close(other)[-1] == {"close": 1000}
             ws.send_bytes(png_bytes(frames[1]))  # the old version still answers this one
             header = ws.receive_json()
             assert header["frame"] == 1 and header["context"] == [0, 1]
