@@ -57,7 +57,9 @@ _JSON = "application/json"
 @dataclass(frozen=True)
 class RenderOptions:
     """How to render: overlay opacity, encoding and legend; COCO RLE in image JSON; JSON
-    indented for people (files) or compact (responses)."""
+    indented for people (files) or compact (responses); what a clip's JSON carries per frame
+    besides its statistics (its mask PNG, the decoded input frame as JPEG), so that a viewer
+    can show and recomposite a clip from one request."""
 
     alpha: float = 0.5
     image_format: OverlayFormat = "png"
@@ -65,6 +67,8 @@ class RenderOptions:
     legend: bool = False
     rle: bool = False
     pretty: bool = False
+    clip_masks: bool = False
+    clip_frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,30 +188,53 @@ def render_image(
 # ---------------------------------------------------------------------------- clips
 
 
-def clip_json(result: ClipSegmentation, info: ModelInfo, fps: float) -> dict[str, Any]:
-    """The ``output=json`` body for a clip: statistics over the clip and per frame."""
-    masks = result.masks
-    frames = [
-        {
+def clip_json(
+    result: ClipSegmentation,
+    info: ModelInfo,
+    fps: float,
+    *,
+    frames: np.ndarray | None = None,
+    masks: bool = False,
+) -> dict[str, Any]:
+    """The ``output=json`` body for a clip: statistics over the clip and per frame.
+
+    With ``masks`` each frame also carries ``mask_png`` (base64, as in the image JSON); with
+    ``frames`` (the decoded input, (T, H, W, 3) uint8) it carries ``frame_jpeg``, the frame
+    the model saw. Both together are everything a viewer needs to draw the overlay at any
+    opacity and to save the masks, without asking the server to segment the clip again.
+    """
+    if frames is not None and frames.shape[:3] != result.masks.shape:
+        raise ValueError(
+            f"frames {frames.shape[:3]} and masks {result.masks.shape} differ in (T, H, W)"
+        )
+    entries = []
+    for index, mask in enumerate(result.masks):
+        entry: dict[str, Any] = {
             "index": index,
             "classes": [
                 {"id": s["id"], "pixels": s["pixels"], "fraction": s["fraction"]}
                 for s in class_statistics(mask, info.classes)
             ],
         }
-        for index, mask in enumerate(masks)
-    ]
+        if masks:
+            png = encode_mask_png(mask, info.palette)
+            entry["mask_png"] = base64.b64encode(png).decode("ascii")
+        if frames is not None:
+            jpeg = encode_overlay_image(frames[index], "jpeg")
+            entry["frame_jpeg"] = base64.b64encode(jpeg).decode("ascii")
+        entries.append(entry)
+    masks_array = result.masks
     return {
         "model": info.name,
-        "width": int(masks.shape[2]),
-        "height": int(masks.shape[1]),
-        "frame_count": int(masks.shape[0]),
+        "width": int(masks_array.shape[2]),
+        "height": int(masks_array.shape[1]),
+        "frame_count": int(masks_array.shape[0]),
         "fps": float(fps),
         "inference_ms": round(result.inference_ms, 3),
         "window": result.window,
         "overlap": result.overlap,
-        "classes": class_entries(masks, info),
-        "frames": frames,
+        "classes": class_entries(masks_array, info),
+        "frames": entries,
     }
 
 
@@ -253,7 +280,8 @@ def _clip_zip(
 def _clip_json(
     frames: np.ndarray, fps: float, result: ClipSegmentation, info: ModelInfo, opts: RenderOptions
 ) -> Rendered:
-    return _json(clip_json(result, info, fps), opts)
+    shown = frames if opts.clip_frames else None
+    return _json(clip_json(result, info, fps, frames=shown, masks=opts.clip_masks), opts)
 
 
 def _clip_overlay(

@@ -265,6 +265,12 @@ class FrameStats(BaseModel):
 
     index: int
     classes: list[FrameClassStat]
+    mask_png: str | None = Field(
+        None, description="with masks=true: the frame's mask, a base64 PNG (pixel = class id)"
+    )
+    frame_jpeg: str | None = Field(
+        None, description="with frames=true: the frame the model saw, a base64 JPEG"
+    )
 
 
 class ClipSegmentation(BaseModel):

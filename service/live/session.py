@@ -162,11 +162,13 @@ class LiveSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # the queue's gauge first: a cancelled session (the server stopping) must not
+            # leave its frames counted while it waits for the thread below
+            self._metrics.queue_depth.labels(self.model).dec(len(self._queue))
+            self._queue.clear()
             if self._work is not None:  # the thread finishes its step before memory returns
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._work)
-            self._metrics.queue_depth.labels(self.model).dec(len(self._queue))
-            self._queue.clear()
             if self._fatal is not None:
                 reason = self._fatal.code
             elif self._end_reason == "disconnect":

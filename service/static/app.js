@@ -33,7 +33,6 @@ const el = {
   result: $("result"),
   originalFrame: $("original-frame"),
   canvas: $("overlay-canvas"),
-  overlayClip: $("overlay-clip"),
   inferenceTime: $("inference-time"),
   resultModel: $("result-model"),
   resultSize: $("result-size"),
@@ -50,8 +49,7 @@ const state = {
   run: null, // { id, controller } of the segmentation in flight
   runCounter: 0,
   image: null, // { original: HTMLImageElement | null, mask: HTMLImageElement } of the last image
-  clip: null, // { model, file } of the last clip, for re-rendering its overlay
-  overlayController: null,
+  clip: null, // the last clip: its frames, masks and mask PNGs, playing on the canvases
   zipUrl: null,
   urls: new Set(), // object URLs owned by the current result
 };
@@ -320,10 +318,7 @@ function loadImage(url) {
 }
 
 function base64ToBlob(data, type) {
-  const binary = atob(data);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return new Blob([bytes], { type });
+  return new Blob([base64ToBytes(data)], { type });
 }
 
 async function handleFile(file) {
@@ -340,7 +335,6 @@ async function handleFile(file) {
 
 function startRun() {
   if (state.run) state.run.controller.abort();
-  if (state.overlayController) state.overlayController.abort();
   state.run = { id: ++state.runCounter, controller: new AbortController() };
   return state.run;
 }
@@ -404,11 +398,9 @@ async function segmentImage(run, file, model) {
   }
   if (!isCurrent(run)) return "";
 
-  state.clip = null;
+  stopClip();
   state.image = { original, mask };
   showOriginal(original ? original.cloneNode() : null, "This browser cannot display the original.");
-  el.overlayClip.hidden = true;
-  el.overlayClip.removeAttribute("src");
   el.canvas.hidden = false;
   drawOverlay();
 
@@ -420,144 +412,195 @@ async function segmentImage(run, file, model) {
   return `${countClasses(data.classes)}, ${formatMs(data.inference_ms)} inference`;
 }
 
+// One request per clip: statistics, every mask and every frame as the model saw it. The page
+// plays the frames itself, recomposites the overlay at any opacity and writes the masks' zip
+// from what it already has, so nothing is segmented twice.
 async function segmentClip(run, file, model) {
-  const alpha = el.opacity.value;
-  const form = () => {
-    const body = new FormData();
-    body.append("video", file, file.name);
-    return body;
-  };
-  const path = (params) => `/v1/segment/video?${query({ model: model.name, ...params })}`;
-  const signal = run.controller.signal;
-  // one after the other: the server runs at most one clip per client at a time (fair queues)
-  const data = await api(path({ output: "json" }), { method: "POST", body: form(), signal }).then((r) =>
-    r.json(),
-  );
-  const overlay = await api(path({ output: "overlay", format: "gif", alpha }), {
+  const body = new FormData();
+  body.append("video", file, file.name);
+  const params = query({ model: model.name, output: "json", masks: "true", frames: "true" });
+  const response = await api(`/v1/segment/video?${params}`, {
     method: "POST",
-    body: form(),
-    signal,
-  }).then((r) => r.blob());
+    body,
+    signal: run.controller.signal,
+  });
+  const data = await response.json();
+  if (!isCurrent(run)) return "";
+  const masks = data.frames.map((frame) => base64ToBytes(frame.mask_png));
+  const [frameImages, maskImages] = await Promise.all([
+    Promise.all(data.frames.map((frame) => decodeBitmap(base64ToBytes(frame.frame_jpeg), "image/jpeg"))),
+    Promise.all(masks.map((bytes) => decodeBitmap(bytes, "image/png"))),
+  ]);
   if (!isCurrent(run)) return "";
 
   releaseUrls();
+  stopClip();
   state.image = null;
-  state.clip = { model: model.name, file };
-  const originalUrl = ownUrl(file);
-  if (extensionOf(file.name) === "gif" || file.type === "image/gif") {
-    const image = new Image();
-    image.alt = `Original clip ${file.name}`;
-    image.src = originalUrl;
-    showOriginal(image);
-  } else {
-    const video = document.createElement("video");
-    Object.assign(video, { src: originalUrl, muted: true, loop: true, autoplay: true, controls: true });
-    video.playsInline = true;
-    video.setAttribute("aria-label", `Original clip ${file.name}`);
-    video.addEventListener("error", () =>
-      showOriginal(null, "This browser cannot play this clip format; the overlay beside it is the server's rendering."),
-    );
-    showOriginal(video);
-  }
-  el.canvas.hidden = true;
-  delete el.canvas.dataset.drawn;
-  el.overlayClip.src = ownUrl(overlay);
-  whenLoaded(el.overlayClip);
-  el.overlayClip.dataset.alpha = alpha;
-  el.overlayClip.hidden = false;
+  const clip = {
+    name: file.name,
+    frames: frameImages,
+    masks: maskImages,
+    maskPngs: masks,
+    described: { classes: model.classes ? model.classes.map((c) => c.name) : [], fps: data.fps, model: data.model },
+    fps: data.fps,
+    index: 0,
+    timer: null,
+    original: document.createElement("canvas"),
+  };
+  clip.original.setAttribute("aria-label", `Original clip ${file.name}, as the server decoded it`);
+  state.clip = clip;
+  showOriginal(clip.original);
+  el.canvas.hidden = false;
+  playClip(clip);
 
   const fps = data.fps ? `, ${Number(data.fps).toFixed(Number.isInteger(data.fps) ? 0 : 1)} fps` : "";
   showSummary(data, model, `${data.width} × ${data.height}, ${data.frame_count} frames${fps}`);
   el.downloadMask.hidden = true;
   el.downloadMask.removeAttribute("href");
   el.downloadZip.hidden = false;
-  el.downloadZip.disabled = false;
-  el.downloadZip.textContent = "Download masks (zip)";
   return `${data.frame_count} frames, ${countClasses(data.classes)}, ${formatMs(data.inference_ms)} inference`;
 }
 
-// A clip's overlay is rendered by the server: ask again at the new opacity.
-async function rerenderClipOverlay() {
-  const clip = state.clip;
-  if (!clip || state.run) return;
-  if (state.overlayController) state.overlayController.abort();
-  const controller = new AbortController();
-  state.overlayController = controller;
-  const alpha = el.opacity.value;
-  const body = new FormData();
-  body.append("video", clip.file, clip.file.name);
-  clearError();
-  setStatus(`Re-rendering the clip overlay at ${Math.round(alpha * 100)} % opacity…`, true);
-  try {
-    const params = query({ model: clip.model, output: "overlay", format: "gif", alpha });
-    const response = await api(`/v1/segment/video?${params}`, {
-      method: "POST",
-      body,
-      signal: controller.signal,
-    });
-    const blob = await response.blob();
-    if (state.overlayController !== controller || state.clip !== clip) return;
-    const old = el.overlayClip.src;
-    el.overlayClip.src = ownUrl(blob);
-    el.overlayClip.dataset.alpha = alpha;
-    if (old) {
-      URL.revokeObjectURL(old);
-      state.urls.delete(old);
-    }
-    setStatus("Clip overlay updated.");
-  } catch (error) {
-    if (error.name === "AbortError" || state.overlayController !== controller) return;
-    setStatus("Could not re-render the clip overlay.");
-    showError(error);
-  } finally {
-    if (state.overlayController === controller) state.overlayController = null;
-  }
+function base64ToBytes(data) {
+  const binary = atob(data);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
 }
 
-async function downloadZip() {
+async function decodeBitmap(bytes, type) {
+  return createImageBitmap(new Blob([bytes], { type }));
+}
+
+// The clip plays at its own frame rate (clamped to 1–30 fps) on both canvases at once.
+function playClip(clip) {
+  const fps = Math.min(30, Math.max(1, Number(clip.fps) || 10));
+  const tick = () => {
+    if (state.clip !== clip) return;
+    drawClipFrame(clip);
+    clip.index = (clip.index + 1) % clip.frames.length;
+  };
+  tick();
+  if (clip.frames.length > 1) clip.timer = setInterval(tick, 1000 / fps);
+}
+
+function stopClip() {
+  const clip = state.clip;
+  if (clip && clip.timer) clearInterval(clip.timer);
+  if (clip) {
+    for (const bitmap of [...clip.frames, ...clip.masks]) bitmap.close();
+  }
+  state.clip = null;
+}
+
+function drawClipFrame(clip) {
+  const frame = clip.frames[clip.index];
+  const canvas = clip.original;
+  if (canvas.width !== frame.width) canvas.width = frame.width;
+  if (canvas.height !== frame.height) canvas.height = frame.height;
+  canvas.getContext("2d").drawImage(frame, 0, 0);
+  markSmall(canvas, frame.width, frame.height);
+  paintOverlay(frame, clip.masks[clip.index]);
+  el.canvas.dataset.frame = String(clip.index);
+}
+
+// The masks as the server's output=zip names them, built in the page from the masks it holds.
+function downloadZip() {
   const clip = state.clip;
   if (!clip) return;
   if (!state.zipUrl) {
-    el.downloadZip.disabled = true;
-    el.downloadZip.textContent = "Preparing zip…";
-    clearError();
-    setStatus(`Segmenting ${clip.file.name} again for the per-frame masks…`, true);
-    try {
-      const body = new FormData();
-      body.append("video", clip.file, clip.file.name);
-      const response = await api(`/v1/segment/video?${query({ model: clip.model, output: "zip" })}`, {
-        method: "POST",
-        body,
-      });
-      const blob = await response.blob();
-      if (state.clip !== clip) return;
-      state.zipUrl = ownUrl(blob);
-      setStatus("Masks ready.");
-    } catch (error) {
-      setStatus("Could not prepare the zip.");
-      showError(error);
-      return;
-    } finally {
-      el.downloadZip.disabled = false;
-      el.downloadZip.textContent = "Download masks (zip)";
-    }
+    const entries = clip.maskPngs.map((bytes, index) => ({
+      name: `frame_${String(index).padStart(5, "0")}.png`,
+      bytes,
+    }));
+    const described = JSON.stringify(clip.described, null, 2) + "\n";
+    entries.push({ name: "clip.json", bytes: new TextEncoder().encode(described) });
+    state.zipUrl = ownUrl(zipStored(entries));
   }
   const link = document.createElement("a");
   link.href = state.zipUrl;
-  link.download = `${stem(clip.file.name)}_masks.zip`;
+  link.download = `${stem(clip.name)}_masks.zip`;
   document.body.append(link);
   link.click();
   link.remove();
 }
 
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let crc = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) crc = CRC_TABLE[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+// A zip of stored (uncompressed) entries: PNGs are compressed already. Timestamps are the
+// DOS epoch, as in the server's zip, so the same masks give the same bytes.
+function zipStored(entries) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const directory = [];
+  let offset = 0;
+  for (const { name, bytes } of entries) {
+    const nameBytes = encoder.encode(name);
+    const crc = crc32(bytes);
+    const local = new DataView(new ArrayBuffer(30));
+    local.setUint32(0, 0x04034b50, true);
+    local.setUint16(4, 20, true); // version needed
+    local.setUint16(10, 0, true); // time 00:00
+    local.setUint16(12, 0x21, true); // date 1980-01-01
+    local.setUint32(14, crc, true);
+    local.setUint32(18, bytes.length, true);
+    local.setUint32(22, bytes.length, true);
+    local.setUint16(26, nameBytes.length, true);
+    parts.push(local, nameBytes, bytes);
+    const central = new DataView(new ArrayBuffer(46));
+    central.setUint32(0, 0x02014b50, true);
+    central.setUint16(4, 20, true); // made by
+    central.setUint16(6, 20, true); // version needed
+    central.setUint16(12, 0, true);
+    central.setUint16(14, 0x21, true);
+    central.setUint32(16, crc, true);
+    central.setUint32(20, bytes.length, true);
+    central.setUint32(24, bytes.length, true);
+    central.setUint16(28, nameBytes.length, true);
+    central.setUint32(42, offset, true);
+    directory.push(central, nameBytes);
+    offset += 30 + nameBytes.length + bytes.length;
+  }
+  const size = directory.reduce((total, part) => total + part.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, entries.length, true);
+  end.setUint16(10, entries.length, true);
+  end.setUint32(12, size, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...directory, end], { type: "application/zip" });
+}
+
 // ---------------------------------------------------------------- drawing
 
 function drawOverlay() {
+  if (state.clip) {
+    drawClipFrame(state.clip);
+    return;
+  }
   const result = state.image;
   if (!result) return;
-  const { original, mask } = result;
-  const width = mask.naturalWidth;
-  const height = mask.naturalHeight;
+  paintOverlay(result.original, result.mask);
+}
+
+// source-over at opacity a: picture × (1 − a) + class colour × a, as the server's overlay
+function paintOverlay(original, mask) {
+  const width = mask.naturalWidth || mask.width;
+  const height = mask.naturalHeight || mask.height;
   const canvas = el.canvas;
   if (canvas.width !== width) canvas.width = width;
   if (canvas.height !== height) canvas.height = height;
@@ -565,7 +608,6 @@ function drawOverlay() {
   context.globalAlpha = 1;
   context.clearRect(0, 0, width, height);
   if (original) context.drawImage(original, 0, 0, width, height);
-  // source-over at opacity a: image × (1 − a) + class colour × a, as the server's overlay
   context.globalAlpha = Number(el.opacity.value);
   context.imageSmoothingEnabled = false;
   context.drawImage(mask, 0, 0, width, height);
@@ -741,9 +783,6 @@ el.modelSelect.addEventListener("change", () => {
 el.opacity.addEventListener("input", () => {
   updateOpacityLabel();
   drawOverlay();
-});
-el.opacity.addEventListener("change", () => {
-  if (state.clip) rerenderClipOverlay();
 });
 
 el.apiKey.value = sessionStorage.getItem(API_KEY_STORAGE) || "";

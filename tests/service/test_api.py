@@ -319,6 +319,28 @@ def test_clip_json_statistics(client, gif_clip) -> None:
     assert sum(c.fraction for c in body.classes) == pytest.approx(1.0)
 
 
+def test_clip_json_with_masks_and_frames_holds_the_zip_and_the_frames(client, gif_clip) -> None:
+    """One request gives a viewer everything: the zip's mask PNGs and the decoded frames."""
+    response = _post_clip(client, gif_clip, output="json", masks="true", frames="true")
+    assert response.status_code == 200, response.text
+    body = ClipSegmentation.model_validate(response.json())
+    with zipfile.ZipFile(io.BytesIO(_post_clip(client, gif_clip).content)) as archive:
+        pngs = [archive.read(f"frame_{i:05d}.png") for i in range(body.frame_count)]
+    decoded = _frames(gif_clip)
+    for frame, png, rgb in zip(body.frames, pngs, decoded, strict=True):
+        assert base64.b64decode(frame.mask_png) == png, f"frame {frame.index}: another mask"
+        jpeg = np.asarray(Image.open(io.BytesIO(base64.b64decode(frame.frame_jpeg))))
+        assert jpeg.shape == rgb.shape
+        assert np.abs(jpeg.astype(int) - rgb).mean() < 12, "frame_jpeg is not the input frame"
+    plain = _post_clip(client, gif_clip, output="json").json()
+    assert "mask_png" not in plain["frames"][0] and "frame_jpeg" not in plain["frames"][0]
+
+
+@pytest.mark.parametrize("params", [{"masks": "true"}, {"output": "overlay", "frames": "true"}])
+def test_clip_masks_and_frames_are_json_only(client, gif_clip, params) -> None:
+    _error(_post_clip(client, gif_clip, **params), 422, "validation_error")
+
+
 @pytest.mark.parametrize("fmt", ["mp4", "gif"])
 def test_clip_overlay(client, gif_clip, fmt) -> None:
     response = _post_clip(client, gif_clip, output="overlay", format=fmt)

@@ -7,12 +7,15 @@ browser download is never used. Screenshots land in ``tests/artifacts/``.
 from __future__ import annotations
 
 import base64
+import io
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,34 +272,69 @@ def test_demo_page(browser: object, server: str, tmp_path: Path) -> None:
     assert size == [600, 400], f"the dropped image's overlay is {size}, not 600 × 400"
     _check_legend(page, "dropped image")
 
-    # 4. an animated GIF is a clip: the clip model, the server's overlay, the clip's legend
+    # 4. an animated GIF is a clip: one inference, played and recomposited in the page
     gif = Path(skimage.data.__file__).parent / "no_time_for_that_tiny.gif"
+    clip_requests_before = sum("/v1/segment/video" in url for url in segment_requests)
     page.set_input_files("#file-input", str(gif))
     expect(page.locator("#status")).to_contain_text(f"Segmented {gif.name}")
     expect(page.locator("#model-kind")).to_have_text("clip")
     assert page.locator("#model-select").input_value() in video_models
-    clip = page.locator("#overlay-clip")
-    expect(clip).to_be_visible()
-    expect(canvas).to_be_hidden()
-    assert clip.get_attribute("src").startswith("blob:")
-    page.wait_for_function(
-        "() => document.getElementById('overlay-clip').naturalWidth > 0", timeout=UI_TIMEOUT_MS
-    )
+    expect(canvas).to_be_visible()
     _check_legend(page, "clip")
     expect(page.locator("#inference-time")).to_contain_text("ms")
     expect(page.locator("#download-zip")).to_be_visible()
     expect(page.locator("#download-mask")).to_be_hidden()
+    # it plays: the frame shown moves on by itself, on both canvases
+    shown = {page.eval_on_selector("#overlay-canvas", "c => c.dataset.frame")}
+    deadline = time.monotonic() + 10
+    while len(shown) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+        shown.add(page.eval_on_selector("#overlay-canvas", "c => c.dataset.frame"))
+    assert len(shown) >= 3, f"the clip overlay does not play: frames shown {shown}"
+    assert page.eval_on_selector("#original-frame canvas", "c => c.width > 0")
     page.screenshot(path=ARTIFACTS / "demo_page_clip.png", full_page=True)
     page.emulate_media(color_scheme="dark")
     page.wait_for_timeout(400)  # the colour transitions settle
     page.screenshot(path=ARTIFACTS / "demo_page_clip_dark.png", full_page=True)
 
+    # the opacity recomposites in the page: at 1 every overlay pixel is a class colour
+    _set_opacity(page, "1")
+    page.eval_on_selector("#opacity", "s => s.dispatchEvent(new Event('change', {bubbles: true}))")
+    width, height = _canvas_size(page)
+    points = ((width // 4, height // 4), (width // 2, height // 2), (3 * width // 4, height // 3))
+    for x, y in points:
+        pixel = tuple(_canvas_pixel(page, x, y)[:3])
+        assert pixel in colours, f"clip at opacity 1: the canvas pixel ({x}, {y}) is {pixel}"
+    _set_opacity(page, "0.5")
+
     with page.expect_download(timeout=UI_TIMEOUT_MS) as download:
         page.locator("#download-zip").click()
     saved = tmp_path / "masks.zip"
     download.value.save_as(saved)
-    assert download.value.suggested_filename.endswith(".zip")
-    assert saved.read_bytes()[:2] == b"PK", "the clip download is not a zip"
+    assert download.value.suggested_filename.endswith("_masks.zip")
+    clip_requests = sum("/v1/segment/video" in url for url in segment_requests)
+    assert clip_requests - clip_requests_before == 1, (
+        f"the clip was sent {clip_requests - clip_requests_before} times for one upload, "
+        "an opacity change and the zip; once is enough"
+    )
+
+    # the page's zip holds what the server's output=zip holds: the same mask PNGs, one a frame
+    with gif.open("rb") as handle:
+        served = httpx.post(
+            f"{server}/v1/segment/video",
+            params={"model": page.locator("#model-select").input_value(), "output": "zip"},
+            files={"video": (gif.name, handle, "image/gif")},
+            timeout=120,
+        )
+    assert served.status_code == 200, served.text
+    with zipfile.ZipFile(saved) as page_zip, zipfile.ZipFile(io.BytesIO(served.content)) as ref:
+        assert page_zip.testzip() is None, "the page's zip has a corrupt entry"
+        assert page_zip.namelist() == ref.namelist(), "the page's zip names other entries"
+        for name in ref.namelist():
+            if name.endswith(".png"):
+                assert page_zip.read(name) == ref.read(name), f"{name} differs from the server's"
+        page_meta = json.loads(page_zip.read("clip.json"))
+        assert page_meta == json.loads(ref.read("clip.json")), "clip.json differs"
 
     assert not console_errors, f"the page logged errors: {console_errors}"
     context.close()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from ccnet.inference.render import ClipOutput, ClipOverlayFormat, RenderOptions, render_clip
 from ccnet.service.api.acceptance import accept_clip
 from ccnet.service.api.deps import ApiKey, KnownQuery, VideoModelDep
+from ccnet.service.api.errors import ApiError
 from ccnet.service.api.params import ERROR_RESPONSES, OverlayAlpha, upload_body
 from ccnet.service.schemas import ClipSegmentation as ClipSegmentationSchema
 
@@ -47,13 +48,34 @@ async def segment_video(
     alpha: OverlayAlpha = 0.5,
     format: Annotated[ClipOverlayFormat, Query(description="overlay container")] = "mp4",
     legend: Annotated[bool, Query(description="overlay: draw a legend of the classes")] = False,
+    masks: Annotated[
+        bool, Query(description="json: each frame also carries its mask as `mask_png`")
+    ] = False,
+    frames: Annotated[
+        bool,
+        Query(description="json: each frame also carries the decoded input as `frame_jpeg`"),
+    ] = False,
 ) -> Response:
     """Send a clip as multipart field ``video`` (or the raw body). It is decoded in memory,
     capped in frames and resolution, and segmented by a CCNet3D model over overlapping
-    windows of its clip length."""
+    windows of its clip length.
+
+    ``output=json&masks=true&frames=true`` answers with everything a viewer needs (the
+    statistics, every mask, every frame as the model saw it) in one inference: the demo page
+    draws the overlay at any opacity and writes the masks' zip from it."""
     info = served.info
-    options = RenderOptions(alpha=alpha, clip_format=format, legend=legend)
-    async with accept_clip(request, served, output) as accepted:
+    if (masks or frames) and output != "json":
+        raise ApiError(
+            422,
+            "validation_error",
+            f"masks= and frames= add to output=json; output={output} does not take them",
+        )
+    options = RenderOptions(
+        alpha=alpha, clip_format=format, legend=legend, clip_masks=masks, clip_frames=frames
+    )
+    # frames ride in the answer as JPEG and base64 of every frame: budgeted as an overlay
+    cost_as = "overlay" if frames else output
+    async with accept_clip(request, served, cost_as) as accepted:
         work, clip = accepted.work, accepted.clip
         result = await accepted.submit(
             lambda deadline: served.submit_clip(clip.frames, deadline, claimed=True)
