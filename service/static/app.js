@@ -426,31 +426,36 @@ async function segmentClip(run, file, model) {
   });
   const data = await response.json();
   if (!isCurrent(run)) return "";
-  const masks = data.frames.map((frame) => base64ToBytes(frame.mask_png));
-  const [frameImages, maskImages] = await Promise.all([
-    Promise.all(data.frames.map((frame) => decodeBitmap(base64ToBytes(frame.frame_jpeg), "image/jpeg"))),
-    Promise.all(masks.map((bytes) => decodeBitmap(bytes, "image/png"))),
-  ]);
-  if (!isCurrent(run)) return "";
+  const maskPngs = data.frames.map((frame) => base64ToBytes(frame.mask_png));
+  const clip = {
+    name: file.name,
+    // compressed until shown: a 300-frame HD clip decoded whole would hold ~1 GB of bitmaps
+    frames: data.frames.map((frame) => new Blob([base64ToBytes(frame.frame_jpeg)], { type: "image/jpeg" })),
+    masks: maskPngs.map((bytes) => new Blob([bytes], { type: "image/png" })),
+    maskPngs,
+    described: { classes: model.classes ? model.classes.map((c) => c.name) : [], fps: data.fps, model: data.model },
+    fps: data.fps,
+    index: 0,
+    shown: null, // { frame, mask } bitmaps of the frame on screen
+    decoding: false,
+    timer: null,
+    original: document.createElement("canvas"),
+  };
+  const first = await decodeClipFrame(clip, 0);
+  if (!isCurrent(run)) {
+    first.frame.close();
+    first.mask.close();
+    return "";
+  }
 
   releaseUrls();
   stopClip();
   state.image = null;
-  const clip = {
-    name: file.name,
-    frames: frameImages,
-    masks: maskImages,
-    maskPngs: masks,
-    described: { classes: model.classes ? model.classes.map((c) => c.name) : [], fps: data.fps, model: data.model },
-    fps: data.fps,
-    index: 0,
-    timer: null,
-    original: document.createElement("canvas"),
-  };
   clip.original.setAttribute("aria-label", `Original clip ${file.name}, as the server decoded it`);
   state.clip = clip;
   showOriginal(clip.original);
   el.canvas.hidden = false;
+  showClipFrame(clip, 0, first);
   playClip(clip);
 
   const fps = data.fps ? `, ${Number(data.fps).toFixed(Number.isInteger(data.fps) ? 0 : 1)} fps` : "";
@@ -468,39 +473,67 @@ function base64ToBytes(data) {
   return bytes;
 }
 
-async function decodeBitmap(bytes, type) {
-  return createImageBitmap(new Blob([bytes], { type }));
+async function decodeClipFrame(clip, index) {
+  const [frame, mask] = await Promise.all([
+    createImageBitmap(clip.frames[index]),
+    createImageBitmap(clip.masks[index]),
+  ]);
+  return { frame, mask };
 }
 
-// The clip plays at its own frame rate (clamped to 1–30 fps) on both canvases at once.
+function showClipFrame(clip, index, bitmaps) {
+  if (clip.shown) {
+    clip.shown.frame.close();
+    clip.shown.mask.close();
+  }
+  clip.shown = bitmaps;
+  clip.index = index;
+  drawClipFrame(clip);
+}
+
+// The clip plays at its own frame rate (clamped to 1–30 fps) on both canvases at once; a
+// frame still decoding when the next is due is skipped rather than queued.
 function playClip(clip) {
+  if (clip.frames.length < 2) return;
   const fps = Math.min(30, Math.max(1, Number(clip.fps) || 10));
-  const tick = () => {
-    if (state.clip !== clip) return;
-    drawClipFrame(clip);
-    clip.index = (clip.index + 1) % clip.frames.length;
-  };
-  tick();
-  if (clip.frames.length > 1) clip.timer = setInterval(tick, 1000 / fps);
+  clip.timer = setInterval(async () => {
+    if (state.clip !== clip || clip.decoding) return;
+    clip.decoding = true;
+    const next = (clip.index + 1) % clip.frames.length;
+    try {
+      const bitmaps = await decodeClipFrame(clip, next);
+      if (state.clip === clip) showClipFrame(clip, next, bitmaps);
+      else {
+        bitmaps.frame.close();
+        bitmaps.mask.close();
+      }
+    } finally {
+      clip.decoding = false;
+    }
+  }, 1000 / fps);
 }
 
 function stopClip() {
   const clip = state.clip;
-  if (clip && clip.timer) clearInterval(clip.timer);
-  if (clip) {
-    for (const bitmap of [...clip.frames, ...clip.masks]) bitmap.close();
+  if (!clip) return;
+  if (clip.timer) clearInterval(clip.timer);
+  if (clip.shown) {
+    clip.shown.frame.close();
+    clip.shown.mask.close();
+    clip.shown = null;
   }
   state.clip = null;
 }
 
 function drawClipFrame(clip) {
-  const frame = clip.frames[clip.index];
+  if (!clip.shown) return;
+  const { frame, mask } = clip.shown;
   const canvas = clip.original;
   if (canvas.width !== frame.width) canvas.width = frame.width;
   if (canvas.height !== frame.height) canvas.height = frame.height;
   canvas.getContext("2d").drawImage(frame, 0, 0);
   markSmall(canvas, frame.width, frame.height);
-  paintOverlay(frame, clip.masks[clip.index]);
+  paintOverlay(frame, mask);
   el.canvas.dataset.frame = String(clip.index);
 }
 
