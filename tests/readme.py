@@ -1,7 +1,7 @@
 """The README's runnable blocks, found by their ``<!-- ci: MARKER -->`` comment, and a runner
-for its shell blocks: bash, ``set -euo pipefail``, the ``ccnet`` on PATH being this checkout's
-(with flags appended that shrink data sets and runs to CI size), ``localhost:8000`` pointed
-at the test's own port. Nothing else of a block is changed."""
+for its shell blocks: bash, ``set -euo pipefail``, the ``ccnet`` and ``python`` on PATH being
+this checkout's (with flags appended that shrink data sets and runs to CI size),
+``localhost:8000`` pointed at the test's own port. Nothing else of a block is changed."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def run_shell_block(
     bin_dir.mkdir(exist_ok=True)
     _ccnet_on_path(bin_dir)
     block = readme_block(marker).replace("localhost:8000", f"127.0.0.1:{port}")
-    environment = {**os.environ, **(env or {}), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    # ``python`` is this interpreter, as in the activated environment the README assumes
+    path = os.pathsep.join((str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]))
+    environment = {**os.environ, **(env or {}), "PATH": path}
     environment["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
     )

@@ -75,3 +75,13 @@ def test_retrain_recipe_then_hot_reload_cycle_run_as_printed(tmp_path: Path, ast
     assert not any(line.startswith('["ccnet') for line in lines), done.stdout
     mask = Image.open(tmp_path / "mine.png")
     assert mask.mode == "P" and mask.size == (512, 512)
+
+
+def test_ccnet3d_recipe_runs_as_printed(tmp_path: Path) -> None:
+    """The temporal-gain recipe (2D then 3D per seed, then both benches) at CI size."""
+    done = run_shell_block("ccnet3d-recipe", tmp_path, port=free_port(), timeout_s=600)
+    for seed in (0, 1, 2):
+        assert (tmp_path / "runs" / f"2d-s{seed}" / "best.pt").is_file()
+        assert (tmp_path / "runs" / f"3d-s{seed}" / "best.pt").is_file()
+    assert "mean ± s.d. (3 seeds)" in done.stdout, done.stdout[-3000:]
+    assert "time is worth" in done.stdout, done.stdout[-3000:]
