@@ -241,6 +241,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 f"{args.checkpoint} {len(classes)}"
             )
         groups, groups_of = _groups(index, args.corruptions)
+        flicker = _flicker_counter(index, args.corruptions, ctx.world_size)
         model.to(ctx.device)
         precision = _evaluation_precision(args, model, meta, ctx.device)
         dataset = build_eval_dataset(index, model, args.clip_length)
@@ -256,6 +257,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 shard=(ctx.rank, ctx.world_size),
                 workers=args.workers,
                 progress=not args.json,
+                on_frame=flicker.add if flicker is not None else None,
             )
         for group in groups:  # the same order on every process
             distributed.all_reduce_sum(matrices[group].matrix)
@@ -288,6 +290,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             "mIoU": {g: matrices[g].summary()["mIoU"] for g in groups},
             "frames": dict(zip(groups, (int(n) for n in frames), strict=True)),
         }
+    if flicker is not None:
+        result["temporal"] = flicker.summary()
     if args.report:
         from ccnet.training.report import write_report
 
@@ -312,6 +316,17 @@ def _inference_settings(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
     return InferenceSettings(
         mode=args.mode, tile=tile, stride=args.stride, scales=args.scales, flip=args.flip
     )
+
+
+def _flicker_counter(index: Any, corruptions: bool, world_size: int) -> Any:
+    """Label flicker for a clip split (by corruption group with ``--corruptions``); None for
+    images, and under several processes, whose shards split the clips' frame pairs."""
+    if index.clips is None or world_size > 1:
+        return None
+    from ccnet.training.temporal import ClipFlicker
+
+    groups_of = _groups(index, True)[1] if corruptions else None
+    return ClipFlicker(index.clips, groups_of)
 
 
 def _groups(index: Any, corruptions: bool) -> tuple[tuple[str, ...], Any]:
@@ -341,6 +356,11 @@ def _print_result(result: dict[str, Any], classes: list[str]) -> None:
             shown = "   n/a" if value is None else f"{100 * value:6.2f}"
             frames = result["corruptions"]["frames"][group]
             print(f"  {group:<{width}}  mIoU {shown}  ({frames} frames)")
+    if "temporal" in result:
+        print("  label flicker by frame pair (label changes where the truth does not):")
+        for pairs, rate in result["temporal"]["flicker"].items():
+            shown = "   n/a" if rate is None else f"{100 * rate:6.2f} %"
+            print(f"  {pairs:<{width}}  flicker {shown}")
     if "report" in result:
         print(f"  report: {', '.join(result['report'].values())}")
 

@@ -277,10 +277,12 @@ def evaluate_groups(
     shard: tuple[int, int] = (0, 1),
     workers: int = 0,
     progress: bool = True,
+    on_frame: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> tuple[dict[str, ConfusionMatrix], dict[str, int]]:
     """A confusion matrix and a frame count for each of ``groups``, ``groups_of(frame)`` naming
     a frame's groups (e.g. ``["all", "corrupted", "blur"]``); the same pass as
     ``evaluate_model``. Every group gets its entries, seen or not, so processes can sum them.
+    ``on_frame(frame, labels, target)`` sees every prediction too (label flicker needs them).
     """
     matrices = {group: ConfusionMatrix(num_classes) for group in groups}
     counts = dict.fromkeys(groups, 0)
@@ -291,6 +293,8 @@ def evaluate_groups(
             for group in groups_of(frame):
                 matrices[group].update(predicted.labels[n], predicted.target[n])
                 counts[group] += 1
+            if on_frame is not None:
+                on_frame(frame, predicted.labels[n], predicted.target[n])
     return matrices, counts
 
 

@@ -29,7 +29,7 @@ from ccnet.training.datasets.index import IGNORE_INDEX
 from ccnet.training.evaluate import InferenceSettings, build_eval_dataset, predictions
 from ccnet.training.metrics import ConfusionMatrix
 
-__all__ = ["FLICKER_GROUPS", "ClipScores", "LabelFlicker", "score_clips"]
+__all__ = ["FLICKER_GROUPS", "ClipFlicker", "ClipScores", "LabelFlicker", "score_clips"]
 
 FLICKER_GROUPS: tuple[str, ...] = ("all", "clean", "corrupted")
 """Frame pairs: every consecutive pair, pairs of two clean frames, pairs with a corrupted one."""
@@ -52,6 +52,74 @@ class LabelFlicker:
     def rate(self) -> float | None:
         """Changed / stable pixels (None before any stable pixel)."""
         return self.changed / self.stable if self.stable else None
+
+
+class ClipFlicker:
+    """Label flicker over a clip split, fed one predicted frame at a time in any order.
+
+    A frame's labels are held only until both of its neighbours in the clip have been seen,
+    so predictions that arrive in clip order (windows, or frames one by one) keep a few
+    frames in memory, not the split. With ``groups_of`` (the synth corruption groups) pairs
+    are also counted as ``clean`` (two clean frames) or ``corrupted`` (at least one not);
+    without it only ``all``.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Sequence[int]],
+        groups_of: Callable[[int], Sequence[str]] | None = None,
+    ) -> None:
+        self._before = {b: a for clip in clips for a, b in itertools.pairwise(clip)}
+        self._after = {a: b for b, a in self._before.items()}
+        self._groups_of = groups_of
+        self._held: dict[int, tuple[Tensor, Tensor]] = {}
+        self._waiting: dict[int, set[int]] = {}
+        self._seen: set[int] = set()
+        names = FLICKER_GROUPS if groups_of is not None else ("all",)
+        self.flicker = {g: LabelFlicker() for g in names}
+
+    def add(self, frame: int, labels: Tensor, truth: Tensor) -> None:
+        """One frame's predicted labels and truth, each ``(H, W)``."""
+        if frame in self._seen:
+            raise ValueError(f"frame {frame} was predicted twice")
+        self._seen.add(frame)
+        mine = (labels.to(torch.uint8).cpu(), truth.to(torch.uint8).cpu())
+        waiting: set[int] = set()
+        before = self._before.get(frame)
+        for neighbour in (before, self._after.get(frame)):
+            if neighbour is None:
+                continue
+            if neighbour not in self._held:
+                waiting.add(neighbour)
+                continue
+            theirs = self._held[neighbour]
+            if neighbour == before:
+                self._count(neighbour, frame, theirs, mine)
+            else:
+                self._count(frame, neighbour, mine, theirs)
+            self._waiting[neighbour].discard(frame)
+            if not self._waiting[neighbour]:
+                del self._held[neighbour], self._waiting[neighbour]
+        if waiting:
+            self._held[frame] = mine
+            self._waiting[frame] = waiting
+
+    def _count(
+        self, a: int, b: int, first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor]
+    ) -> None:
+        groups = ["all"]
+        if self._groups_of is not None:
+            clean = "clean" in self._groups_of(a) and "clean" in self._groups_of(b)
+            groups.append("clean" if clean else "corrupted")
+        for group in groups:
+            self.flicker[group].update(first[0], second[0], first[1], second[1])
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Flicker rate and stable-pixel count per pair group."""
+        return {
+            "flicker": {g: f.rate for g, f in self.flicker.items()},
+            "stable_pixels": {g: f.stable for g, f in self.flicker.items()},
+        }
 
 
 @dataclass
@@ -98,8 +166,7 @@ def score_clips(
     dataset = build_eval_dataset(index, model, clip_length)
     matrices = {g: ConfusionMatrix(index.num_classes) for g in groups}
     frames = dict.fromkeys(groups, 0)
-    labels: dict[int, Tensor] = {}
-    truths: dict[int, Tensor] = {}
+    flicker = ClipFlicker(index.clips, groups_of)
     with torch.no_grad():
         for predicted in predictions(
             model, dataset, settings or InferenceSettings(), progress=progress
@@ -109,12 +176,5 @@ def score_clips(
                     if group in matrices:
                         matrices[group].update(predicted.labels[n], predicted.target[n])
                         frames[group] += 1
-                labels[frame] = predicted.labels[n].to(torch.uint8).cpu()
-                truths[frame] = predicted.target[n].to(torch.uint8).cpu()
-    flicker = {g: LabelFlicker() for g in FLICKER_GROUPS}
-    for clip in index.clips:
-        for a, b in itertools.pairwise(clip):
-            clean = "clean" in groups_of(a) and "clean" in groups_of(b)
-            for group in ("all", "clean" if clean else "corrupted"):
-                flicker[group].update(labels[a], labels[b], truths[a], truths[b])
-    return ClipScores(matrices, frames, flicker)
+                flicker.add(frame, predicted.labels[n], predicted.target[n])
+    return ClipScores(matrices, frames, flicker.flicker)

@@ -19,7 +19,8 @@ from ccnet.training.evaluate import (
     evaluate_model,
     predict_scores,
 )
-from ccnet.training.synth import generate
+from ccnet.training.synth import CORRUPTION_GROUPS, corruption_groups, generate
+from ccnet.training.temporal import score_clips
 from tests.training.conftest import SIZE
 
 
@@ -116,6 +117,12 @@ def test_corruption_breakdown_counts_every_frame_once(tmp_path: Path, capsys) ->
         # the breakdown's "all" is the same pass as the headline number
         assert result["corruptions"]["mIoU"]["all"] == result["mIoU"]
         assert result["unit"] == ("frames" if name == "ccnet-tiny" else "clip windows")
+        # the temporal stability figure comes with it, equal to the bench's scoring
+        index = load_split(tmp_path, "val")
+        scores = score_clips(
+            model.eval(), index, CORRUPTION_GROUPS, corruption_groups(index), progress=False
+        )
+        assert result["temporal"]["flicker"] == scores.summary()["flicker"], name
 
 
 def test_corruptions_need_clip_data(tmp_path: Path, capsys) -> None:
@@ -132,3 +139,14 @@ def test_default_tile_is_the_training_crop_else_the_recipes() -> None:
     converted = {"config": {"name": "ccnet-r101-official"}, "provenance": {"source": "convert"}}
     assert default_tile(converted) == 769  # the paper's Cityscapes crop
     assert default_tile({"config": {"name": "someone-elses"}}) is None
+
+
+def test_clip_data_without_corruptions_still_reports_flicker(tmp_path: Path, capsys) -> None:
+    generate(tmp_path, "clips", 1, n_val=1, seed=0, size=32, frames=5, progress=False)
+    save_checkpoint(build_model("ccnet-tiny", num_classes=6), {}, tmp_path / "m.pt")
+    argv = ["evaluate", str(tmp_path / "m.pt"), "--data", str(tmp_path), "--threads", "1"]
+    assert main(argv) == 0
+    assert "label flicker by frame pair" in capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    temporal = json.loads(capsys.readouterr().out)["temporal"]
+    assert set(temporal["flicker"]) == {"all"} and temporal["stable_pixels"]["all"] > 0

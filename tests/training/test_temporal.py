@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from ccnet.model import build_model
 from ccnet.training.datasets import load_split
 from ccnet.training.synth import CORRUPTION_GROUPS, corruption_groups, generate
-from ccnet.training.temporal import LabelFlicker, score_clips
+from ccnet.training.temporal import ClipFlicker, LabelFlicker, score_clips
 
 
 def test_flicker_counts_changes_where_the_truth_stays() -> None:
@@ -42,3 +44,46 @@ def test_score_clips_covers_every_frame_and_pair(tmp_path: Path) -> None:
         flicker = scores.flicker
         assert flicker["all"].stable == flicker["clean"].stable + flicker["corrupted"].stable
         assert 0 <= summary["flicker"]["all"] <= 1, name
+
+
+def _frames(count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randint(0, 3, (4, 4), generator=generator),
+            torch.randint(0, 3, (4, 4), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def test_clip_flicker_is_the_same_in_any_order_and_holds_few_frames() -> None:
+    clips = [[0, 1, 2, 3, 4], [5, 6, 7]]
+    frames = _frames(8, seed=1)
+    groups_of = lambda frame: ("all", "corrupted" if frame in (2, 6) else "clean")  # noqa: E731
+    expected = {g: LabelFlicker() for g in ("all", "clean", "corrupted")}
+    for clip in clips:
+        for a, b in itertools.pairwise(clip):
+            clean = a not in (2, 6) and b not in (2, 6)
+            for group in ("all", "clean" if clean else "corrupted"):
+                expected[group].update(frames[a][0], frames[b][0], frames[a][1], frames[b][1])
+    for order in ([0, 1, 2, 3, 4, 5, 6, 7], [7, 3, 0, 5, 1, 6, 4, 2]):
+        counter = ClipFlicker(clips, groups_of)
+        most_held = 0
+        for frame in order:
+            counter.add(frame, *frames[frame])
+            most_held = max(most_held, len(counter._held))
+        for group, want in expected.items():
+            got = counter.flicker[group]
+            assert (got.changed, got.stable) == (want.changed, want.stable), (order, group)
+        if order == sorted(order):
+            assert most_held == 1, "in clip order only the previous frame is held"
+        assert not counter._held, "every frame is let go once both neighbours were seen"
+
+
+def test_clip_flicker_refuses_a_frame_twice() -> None:
+    counter = ClipFlicker([[0, 1]])
+    labels, truth = _frames(1, seed=2)[0]
+    counter.add(0, labels, truth)
+    with pytest.raises(ValueError, match="predicted twice"):
+        counter.add(0, labels, truth)
