@@ -44,7 +44,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "score clips in windows covering every frame once; 2D checkpoints score clip data "
         "frame by frame. --report DIR writes the confusion matrix and per-class IoU as PNG "
         "charts with a JSON; --corruptions breaks a `ccnet synth --kind clips` split down by "
-        "how each frame was corrupted.",
+        "how each frame was corrupted. On clip data the label flicker between consecutive "
+        "frames (where the truth holds) is reported too.",
     )
     evaluate.add_argument("checkpoint", metavar="CKPT", help="a checkpoint of this project")
     evaluate.add_argument("--data", required=True, help="data set folder")
