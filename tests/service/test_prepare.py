@@ -8,6 +8,7 @@ sees which process did what.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,6 +85,7 @@ def test_serve_with_two_workers_exports_a_checkpoint_once(tmp_path: Path) -> Non
         **{k: v for k, v in os.environ.items() if not k.startswith("CCNET_")},
         "PYTHONPATH": os.pathsep.join([str(spy_dir), str(ROOT)]),
         "CCNET_TEST_CALLS": str(calls),
+        "PYTHONFAULTHANDLER": "1",  # a worker stopped with SIGABRT prints its threads' stacks
     }
     command = [
         sys.executable, "-m", "ccnet", "serve", "--model", str(BUNDLED_MODELS[0]),
@@ -105,7 +107,14 @@ def test_serve_with_two_workers_exports_a_checkpoint_once(tmp_path: Path) -> Non
             time.sleep(1)
         output = (tmp_path / "serve.log").read_text()
         assert server.poll() is None, f"ccnet serve exited {server.returncode}:\n{output}"
-        assert len(loaders) == 2 and _ready(port), f"two workers did not load in time:\n{output}"
+        if not (len(loaders) == 2 and _ready(port)):
+            # where a worker is stuck (2 of the last 5 full CI runs): its stacks, then fail
+            for pid in loaders:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+            time.sleep(3)
+            output = (tmp_path / "serve.log").read_text()
+            pytest.fail(f"two workers did not load in time ({loaders} loading):\n{output}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and its workers
         try:
