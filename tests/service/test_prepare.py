@@ -108,7 +108,7 @@ def test_serve_with_two_workers_exports_a_checkpoint_once(tmp_path: Path) -> Non
         output = (tmp_path / "serve.log").read_text()
         assert server.poll() is None, f"ccnet serve exited {server.returncode}:\n{output}"
         if not (len(loaders) == 2 and _ready(port)):
-            # where a worker is stuck (2 of the last 5 full CI runs): its stacks, then fail
+            # where a worker is stuck (2 of the last 6 clean-clone CI runs): its stacks, then fail
             for pid in loaders:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGABRT)
