@@ -223,17 +223,16 @@ def clip_json(
             jpeg = encode_overlay_image(frames[index], "jpeg")
             entry["frame_jpeg"] = base64.b64encode(jpeg).decode("ascii")
         entries.append(entry)
-    masks_array = result.masks
     return {
         "model": info.name,
-        "width": int(masks_array.shape[2]),
-        "height": int(masks_array.shape[1]),
-        "frame_count": int(masks_array.shape[0]),
+        "width": int(result.masks.shape[2]),
+        "height": int(result.masks.shape[1]),
+        "frame_count": int(result.masks.shape[0]),
         "fps": float(fps),
         "inference_ms": round(result.inference_ms, 3),
         "window": result.window,
         "overlap": result.overlap,
-        "classes": class_entries(masks_array, info),
+        "classes": class_entries(result.masks, info),
         "frames": entries,
     }
 

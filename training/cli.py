@@ -242,7 +242,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 f"{args.checkpoint} {len(classes)}"
             )
         groups, groups_of = _groups(index, args.corruptions)
-        flicker = _flicker_counter(index, args.corruptions, ctx.world_size)
+        flicker = _flicker_counter(index, groups_of if args.corruptions else None, ctx.world_size)
         model.to(ctx.device)
         precision = _evaluation_precision(args, model, meta, ctx.device)
         dataset = build_eval_dataset(index, model, args.clip_length)
@@ -319,14 +319,14 @@ def _inference_settings(args: argparse.Namespace, meta: dict[str, Any]) -> Any:
     )
 
 
-def _flicker_counter(index: Any, corruptions: bool, world_size: int) -> Any:
-    """Label flicker for a clip split (by corruption group with ``--corruptions``); None for
-    images, and under several processes, whose shards split the clips' frame pairs."""
+def _flicker_counter(index: Any, groups_of: Any, world_size: int) -> Any:
+    """Label flicker for a clip split (by corruption group when given the ``--corruptions``
+    groups); None for images, and under several processes, whose shards split the clips'
+    frame pairs."""
     if index.clips is None or world_size > 1:
         return None
     from ccnet.training.temporal import ClipFlicker
 
-    groups_of = _groups(index, True)[1] if corruptions else None
     return ClipFlicker(index.clips, groups_of)
 
 

@@ -430,7 +430,7 @@ async function segmentClip(run, file, model) {
   const clip = {
     name: file.name,
     // compressed until shown: a 300-frame HD clip decoded whole would hold ~1 GB of bitmaps
-    frames: data.frames.map((frame) => new Blob([base64ToBytes(frame.frame_jpeg)], { type: "image/jpeg" })),
+    frames: data.frames.map((frame) => base64ToBlob(frame.frame_jpeg, "image/jpeg")),
     masks: maskPngs.map((bytes) => new Blob([bytes], { type: "image/png" })),
     maskPngs,
     described: { classes: model.classes ? model.classes.map((c) => c.name) : [], fps: data.fps, model: data.model },
@@ -443,8 +443,7 @@ async function segmentClip(run, file, model) {
   };
   const first = await decodeClipFrame(clip, 0);
   if (!isCurrent(run)) {
-    first.frame.close();
-    first.mask.close();
+    closeBitmaps(first);
     return "";
   }
 
@@ -481,11 +480,14 @@ async function decodeClipFrame(clip, index) {
   return { frame, mask };
 }
 
+function closeBitmaps(bitmaps) {
+  if (!bitmaps) return;
+  bitmaps.frame.close();
+  bitmaps.mask.close();
+}
+
 function showClipFrame(clip, index, bitmaps) {
-  if (clip.shown) {
-    clip.shown.frame.close();
-    clip.shown.mask.close();
-  }
+  closeBitmaps(clip.shown);
   clip.shown = bitmaps;
   clip.index = index;
   drawClipFrame(clip);
@@ -503,10 +505,7 @@ function playClip(clip) {
     try {
       const bitmaps = await decodeClipFrame(clip, next);
       if (state.clip === clip) showClipFrame(clip, next, bitmaps);
-      else {
-        bitmaps.frame.close();
-        bitmaps.mask.close();
-      }
+      else closeBitmaps(bitmaps);
     } finally {
       clip.decoding = false;
     }
@@ -517,11 +516,8 @@ function stopClip() {
   const clip = state.clip;
   if (!clip) return;
   if (clip.timer) clearInterval(clip.timer);
-  if (clip.shown) {
-    clip.shown.frame.close();
-    clip.shown.mask.close();
-    clip.shown = null;
-  }
+  closeBitmaps(clip.shown);
+  clip.shown = null;
   state.clip = null;
 }
 
