@@ -32,11 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench._clip_set import add_clip_set_arguments, open_clip_set
 from bench._measure import format_table
 from ccnet.model import CCNet3D, load_checkpoint
-from ccnet.training.datasets import ClipDataset, load_split
+from ccnet.training.datasets import ClipDataset
 from ccnet.training.evaluate import build_eval_dataset
-from ccnet.training.synth import CORRUPTION_GROUPS, CORRUPTIONS, corruption_groups
+from ccnet.training.synth import CORRUPTION_GROUPS, CORRUPTIONS
 from ccnet.training.temporal import score_clips
 
 VOXEL_GROUPS: tuple[str, ...] = ("clean, clean window", "clean, corrupted neighbour", *CORRUPTIONS)
@@ -205,19 +206,13 @@ def _print(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
-    parser.add_argument("--data", required=True, help="a `ccnet synth --kind clips` data set")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--clip-length", type=int, help="window (default: the model's)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_clip_set_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     for path in args.checkpoints:
         if not path.is_file():
             print(f"temporal_attention: {path}: no such checkpoint", file=sys.stderr)
             raise SystemExit(2)
-    index = load_split(args.data, args.split, "clips", progress=False)
-    groups_of = corruption_groups(index)
+    index, groups_of = open_clip_set(args)
     results = []
     for path in args.checkpoints:
         result = diagnose(path, index, groups_of, args.clip_length)

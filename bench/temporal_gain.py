@@ -22,12 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bench._clip_set import add_clip_set_arguments, open_clip_set
 from bench._measure import format_table
 from ccnet.model import load_checkpoint
-from ccnet.training.datasets import load_split
-from ccnet.training.synth import CORRUPTION_GROUPS, CORRUPTIONS, corruption_groups
+from ccnet.training.synth import CORRUPTION_GROUPS, CORRUPTIONS
 from ccnet.training.temporal import FLICKER_GROUPS, score_clips
 
 
@@ -104,8 +102,7 @@ def _tables(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="a `ccnet synth --kind clips` data set")
-    parser.add_argument("--split", default="val")
+    add_clip_set_arguments(parser)
     parser.add_argument(
         "--pair",
         action="append",
@@ -114,11 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="the 2D checkpoint and the CCNet3D initialised from it (one per seed)",
     )
     parser.add_argument("--seeds", help="comma-separated seed labels (default: 0, 1, ...)")
-    parser.add_argument("--clip-length", type=int, help="CCNet3D window (default: the model's)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     labels = args.seeds.split(",") if args.seeds else [str(i) for i in range(len(args.pair))]
     if len(labels) != len(args.pair):
         parser.error(f"--seeds names {len(labels)} seeds for {len(args.pair)} pairs")
@@ -130,8 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"temporal_gain: --pair {pair}: need two existing checkpoints", file=sys.stderr)
             raise SystemExit(2)
         pairs.append(paths)
-    index = load_split(args.data, args.split, "clips", progress=False)
-    groups_of = corruption_groups(index)
+    index, groups_of = open_clip_set(args)
     results = []
     for label, (two_d, three_d) in zip(labels, pairs, strict=True):
         print(f"seed {label}: scoring {two_d} and {three_d}", file=sys.stderr, flush=True)

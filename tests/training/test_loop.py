@@ -120,19 +120,22 @@ def test_existing_run_needs_resume_and_resume_refuses_changed_settings(scenes, t
         train(_config(scenes, tmp_path, iterations=2, cc_loss=False, lr=0.5), resume=True)
 
 
-def test_ccnet3d_trains_on_clips_initialised_from_a_2d_checkpoint(scenes, clips, tmp_path) -> None:
+def _ccnet3d_from_2d(scenes: Path, clips: Path, tmp_path: Path, **changes: object) -> TrainConfig:
+    """Train a 2D model for one step in ``tmp_path/2d``; the config of a CCNet3D run
+    initialised from it (3-frame clips, in ``tmp_path/3d``) with ``changes``."""
     train(_config(scenes, tmp_path / "2d", iterations=1, cc_loss=False), command="test")
-    summary = train(
-        _config(
-            clips,
-            tmp_path / "3d",
-            model="ccnet3d-tiny",
-            init=str(tmp_path / "2d" / "final.pt"),
-            clip_length=3,
-            iterations=2,
-        ),
-        command="test",
+    return _config(
+        clips,
+        tmp_path / "3d",
+        model="ccnet3d-tiny",
+        init=str(tmp_path / "2d" / "final.pt"),
+        clip_length=3,
+        **changes,
     )
+
+
+def test_ccnet3d_trains_on_clips_initialised_from_a_2d_checkpoint(scenes, clips, tmp_path) -> None:
+    summary = train(_ccnet3d_from_2d(scenes, clips, tmp_path, iterations=2), command="test")
     assert summary["val"]["mIoU"] is not None
     model, meta = load_checkpoint(tmp_path / "3d" / "final.pt")
     assert meta["config"]["video"] is True
@@ -144,24 +147,19 @@ def test_ccnet3d_trains_on_clips_initialised_from_a_2d_checkpoint(scenes, clips,
 
 
 def test_the_3d_recipe_flags_start_gamma_and_drop_frames(scenes, clips, tmp_path) -> None:
-    train(_config(scenes, tmp_path / "2d", iterations=1, cc_loss=False), command="test")
+    settings = {"attention_gamma_init": 0.7, "frame_drop": 0.3}
+    config = _ccnet3d_from_2d(
+        scenes,
+        clips,
+        tmp_path,
+        iterations=1,
+        lr=0.0,  # no step moves gamma: what is saved is where it started
+        cc_loss=False,
+        **settings,
+    )
     source, _ = load_checkpoint(tmp_path / "2d" / "final.pt")
     assert float(source.head.cca.gamma.detach()) != 0.7
-    settings = {"attention_gamma_init": 0.7, "frame_drop": 0.3}
-    train(
-        _config(
-            clips,
-            tmp_path / "3d",
-            model="ccnet3d-tiny",
-            init=str(tmp_path / "2d" / "final.pt"),
-            clip_length=3,
-            iterations=1,
-            lr=0.0,  # no step moves gamma: what is saved is where it started
-            cc_loss=False,
-            **settings,
-        ),
-        command="test",
-    )
+    train(config, command="test")
     model, meta = load_checkpoint(tmp_path / "3d" / "final.pt")
     assert float(model.head.cca.gamma.detach()) == pytest.approx(0.7)
     recorded = meta["provenance"]["train_config"]
