@@ -78,7 +78,8 @@ class FrameDrop:
         frames = images.shape[0]
         if generator is None or self.probability == 0 or frames < 2:
             return self.transform(images, masks, generator)
-        # a fixed number of draws per window: the generator's later state never depends on them
+        # every window draws these three in the same order, then one replacement per dropped
+        # frame: what follows is still a function of the sample's seed alone (exact resume)
         drop = torch.rand(frames, generator=generator) < self.probability
         kinds = torch.randint(0, len(DROP_KINDS), (frames,), generator=generator)
         keep = int(torch.randint(0, frames, (), generator=generator))
