@@ -161,7 +161,14 @@ class LiveSession:
                 tasks.append(self._watchdog)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # wait, not gather: a cancel of this task landing here (the server stopping, a
+            # test client leaving) must surface as that cancel, with its own message; gather
+            # would raise the children's earlier, anonymous CancelledError instead, which the
+            # canceller's scope does not recognise as its own and lets escape
+            await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the tasks report their own failures
             # the queue's gauge first: a cancelled session (the server stopping) must not
             # leave its frames counted while it waits for the thread below
             self._metrics.queue_depth.labels(self.model).dec(len(self._queue))

@@ -355,3 +355,61 @@ def test_an_onnx_model_streams_with_its_stream_export_beside_it(tmp_path, frames
             assert (mask == expected.mask).mean() >= 0.999, f"frame {t}"
         ws.send_json({"type": "end"})
         assert _until_close(ws)[-1] == {"close": 1000}
+
+
+def test_a_cancel_landing_during_cleanup_is_the_cancellers_own() -> None:
+    """The cancel that ends a session while it is stopping its own tasks (the server going
+    down, a test client leaving) must reach the canceller as *its* cancel, which its scope
+    then absorbs. The old cleanup gathered the tasks and raised their earlier anonymous
+    CancelledError instead: it escaped the scope (a flaky CancelledError in the tests)."""
+    import asyncio
+
+    import anyio
+    from prometheus_client import CollectorRegistry
+    from starlette.websockets import WebSocketState
+
+    from ccnet.service.live.hub import SessionHub
+    from ccnet.service.live.limits import StreamLimits, StreamOptions
+    from ccnet.service.live.session import LiveSession
+
+    limits = StreamLimits(
+        max_sessions=1,
+        queue_frames=2,
+        max_unsent=2,
+        idle_timeout_s=60,
+        max_frames=10,
+        max_duration_s=60,
+        max_frame_bytes=1 << 20,
+        max_bad_frames=3,
+        max_pixels=1 << 20,
+        max_side=512,
+    )
+
+    class Socket:
+        """Says nothing until the session ends; then cancels the session's host scope."""
+
+        application_state = WebSocketState.CONNECTED
+        scope: anyio.CancelScope
+
+        async def receive(self) -> dict:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.scope.cancel()  # lands while run() waits for its tasks to stop
+
+    async def main() -> bool:
+        hub = SessionHub(limits, CollectorRegistry(), workers=1)
+        socket = Socket()
+        options = StreamOptions.__new__(StreamOptions)
+        session = LiveSession(socket, None, "m", limits, options, hub, None)  # type: ignore[arg-type]
+        try:
+            with anyio.CancelScope() as scope:
+                socket.scope = scope
+                # the client went away: run() cancels its tasks, then waits for them
+                asyncio.get_running_loop().call_later(0.05, session._done.set)
+                await session.run()
+            return scope.cancelled_caught
+        finally:
+            hub.close()
+
+    assert asyncio.run(main()) is True
