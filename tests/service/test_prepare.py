@@ -44,7 +44,9 @@ if os.environ.get("CCNET_TEST_CALLS"):
 
     def load_backend(*args, **kwargs):
         _record("load")
-        return _load(*args, **kwargs)
+        backend = _load(*args, **kwargs)
+        _record("loaded")
+        return backend
 
     ccnet.export.onnx.export_onnx = export_onnx
     loading = ccnet.inference.backends.loading
@@ -99,22 +101,29 @@ def test_serve_with_two_workers_exports_a_checkpoint_once(tmp_path: Path) -> Non
     try:
         deadline = time.monotonic() + 300
         loaders: set[int] = set()
-        while time.monotonic() < deadline and server.poll() is None:
-            # the parent may load too (to fail early on a bad file); the workers must
-            loaders = {pid for kind, pid in _calls(calls) if kind == "load"} - {server.pid}
-            if len(loaders) >= 2 and _ready(port):
-                break
-            time.sleep(1)
+        loaded: set[int] = set()
+        done = False
+        while not done and time.monotonic() < deadline and server.poll() is None:
+            # the parent may load too (to fail early on a bad file); the workers must. Done
+            # is both workers *finished* loading: a worker that only began answers /readyz
+            # 503 to whichever probe the kernel hands it
+            calls_now = _calls(calls)
+            loaders = {pid for kind, pid in calls_now if kind == "load"} - {server.pid}
+            loaded = {pid for kind, pid in calls_now if kind == "loaded"} - {server.pid}
+            done = len(loaded) >= 2 and _ready(port)
+            if not done:
+                time.sleep(1)
         output = (tmp_path / "serve.log").read_text()
         assert server.poll() is None, f"ccnet serve exited {server.returncode}:\n{output}"
-        if not (len(loaders) == 2 and _ready(port)):
-            # where a worker is stuck (2 of the last 6 clean-clone CI runs): its stacks, then fail
-            for pid in loaders:
+        if not done:
+            # a worker stuck loading for minutes: its stacks, then fail
+            for pid in loaders - loaded:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGABRT)
             time.sleep(3)
             output = (tmp_path / "serve.log").read_text()
-            pytest.fail(f"two workers did not load in time ({loaders} loading):\n{output}")
+            pytest.fail(f"two workers did not load in time ({loaders} began):\n{output}")
+        assert len(loaded) == 2, f"workers that loaded: {loaded}; parent {server.pid}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and its workers
         try:

@@ -33,10 +33,9 @@ def live() -> Iterator[TestClient]:
 def _end_cleanly(ws) -> None:
     """End a session as a well-behaved client does: ``end``, then read until the close.
 
-    Leaving the ``with`` block of an open session makes Starlette's test client cancel the
-    app right after its close frame, which now and then cancels the test client's own task
-    mid-cleanup (``CancelledError`` in the test, not in the server). Tests about abrupt
-    disconnects drop their sessions on purpose; the others end properly."""
+    Tests about abrupt disconnects drop their sessions on purpose (leaving the ``with`` block
+    of an open session: the test client sends a disconnect, then cancels the app); the others
+    end properly, so each test exercises one way of ending."""
     ws.send_json({"type": "end"})
     assert _until_close(ws)[-1] == {"close": 1000}
 
