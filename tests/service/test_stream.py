@@ -399,8 +399,7 @@ def test_a_cancel_landing_during_cleanup_is_the_cancellers_own() -> None:
     async def main() -> bool:
         hub = SessionHub(limits, CollectorRegistry(), workers=1)
         socket = Socket()
-        options = StreamOptions.__new__(StreamOptions)
-        session = LiveSession(socket, None, "m", limits, options, hub, None)  # type: ignore[arg-type]
+        session = LiveSession(socket, None, "m", limits, StreamOptions(), hub, None)  # type: ignore[arg-type]
         try:
             with anyio.CancelScope() as scope:
                 socket.scope = scope
