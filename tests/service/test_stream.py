@@ -367,22 +367,12 @@ def test_a_cancel_landing_during_cleanup_is_the_cancellers_own() -> None:
     from prometheus_client import CollectorRegistry
     from starlette.websockets import WebSocketState
 
+    from ccnet.service.core.config import Settings
     from ccnet.service.live.hub import SessionHub
     from ccnet.service.live.limits import StreamLimits, StreamOptions
     from ccnet.service.live.session import LiveSession
 
-    limits = StreamLimits(
-        max_sessions=1,
-        queue_frames=2,
-        max_unsent=2,
-        idle_timeout_s=60,
-        max_frames=10,
-        max_duration_s=60,
-        max_frame_bytes=1 << 20,
-        max_bad_frames=3,
-        max_pixels=1 << 20,
-        max_side=512,
-    )
+    limits = StreamLimits.from_settings(Settings(log_format="text"))
 
     class Socket:
         """Says nothing until the session ends; then cancels the session's host scope."""
