@@ -26,7 +26,7 @@ from torch import Tensor
 from ccnet.model import CCNet
 from ccnet.training.datasets import SplitIndex
 from ccnet.training.datasets.index import IGNORE_INDEX
-from ccnet.training.evaluate import InferenceSettings, build_eval_dataset, predictions
+from ccnet.training.evaluate import InferenceSettings, build_eval_dataset, evaluate_groups
 from ccnet.training.metrics import ConfusionMatrix
 
 __all__ = ["FLICKER_GROUPS", "ClipFlicker", "ClipScores", "LabelFlicker", "score_clips"]
@@ -164,17 +164,16 @@ def score_clips(
     if index.clips is None:
         raise ValueError(f"{index.root}: not a clip data set (temporal scores need clips)")
     dataset = build_eval_dataset(index, model, clip_length)
-    matrices = {g: ConfusionMatrix(index.num_classes) for g in groups}
-    frames = dict.fromkeys(groups, 0)
     flicker = ClipFlicker(index.clips, groups_of)
-    with torch.no_grad():
-        for predicted in predictions(
-            model, dataset, settings or InferenceSettings(), progress=progress
-        ):
-            for n, frame in enumerate(predicted.frames):
-                for group in groups_of(frame):
-                    if group in matrices:
-                        matrices[group].update(predicted.labels[n], predicted.target[n])
-                        frames[group] += 1
-                flicker.add(frame, predicted.labels[n], predicted.target[n])
+    reported = set(groups)
+    matrices, frames = evaluate_groups(
+        model,
+        dataset,
+        index.num_classes,
+        groups,
+        lambda frame: [g for g in groups_of(frame) if g in reported],
+        settings or InferenceSettings(),
+        progress=progress,
+        on_frame=flicker.add,
+    )
     return ClipScores(matrices, frames, flicker.flicker)
