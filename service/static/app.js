@@ -426,13 +426,11 @@ async function segmentClip(run, file, model) {
   });
   const data = await response.json();
   if (!isCurrent(run)) return "";
-  const maskPngs = data.frames.map((frame) => base64ToBytes(frame.mask_png));
   const clip = {
     name: file.name,
     // compressed until shown: a 300-frame HD clip decoded whole would hold ~1 GB of bitmaps
     frames: data.frames.map((frame) => base64ToBlob(frame.frame_jpeg, "image/jpeg")),
-    masks: maskPngs.map((bytes) => new Blob([bytes], { type: "image/png" })),
-    maskPngs,
+    maskPngs: data.frames.map((frame) => base64ToBytes(frame.mask_png)), // shown and zipped
     described: { classes: model.classes ? model.classes.map((c) => c.name) : [], fps: data.fps, model: data.model },
     fps: data.fps,
     index: 0,
@@ -475,7 +473,7 @@ function base64ToBytes(data) {
 async function decodeClipFrame(clip, index) {
   const [frame, mask] = await Promise.all([
     createImageBitmap(clip.frames[index]),
-    createImageBitmap(clip.masks[index]),
+    createImageBitmap(new Blob([clip.maskPngs[index]], { type: "image/png" })),
   ]);
   return { frame, mask };
 }
